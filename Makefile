@@ -1,0 +1,37 @@
+# labshare: `make run` starts everything on embedded defaults, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint bench install migrate clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Migrate, seed demo data and serve everything at http://127.0.0.1:$${LABSHARE_PORT:-8080}
+run: $(STAMP)
+	LABSHARE_DEV_MODE=1 $(PY) -m services run
+
+migrate: $(STAMP)
+	$(PY) -m services migrate
+
+## The whole suite: unit, integration (PostgreSQL, RabbitMQ) and end-to-end tests
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+## Benchmarks; writes bench/results.md
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,1 @@
+"""Booking: bookings and series, approvals, availability and free-slot search."""

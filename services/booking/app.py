@@ -1,0 +1,23 @@
+"""Booking's Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from services.booking.api import bp, doc
+from services.booking.consumers import handlers
+from services.booking.store import Base
+from shared.config import Settings
+from shared.service import Runtime, create_service_app
+
+NAME = "booking"
+
+
+def build_runtime(settings: Settings | None = None) -> Runtime:
+    """Booking's database, outbox relay and inventory consumer, wired from ``settings``."""
+    return Runtime.build(NAME, settings or Settings.from_env(), Base.metadata, handlers)
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
+    """The booking API (``gunicorn 'services.booking.app:create_app()'``)."""
+    return create_service_app(runtime or build_runtime(settings), [bp], doc)

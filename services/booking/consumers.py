@@ -1,0 +1,119 @@
+"""Events in: inventory's facts become booking's read model; outages cancel what they overlap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from services.booking.domain import LIVE
+from services.booking.store import Booking, LabView, OutageView, QualificationView, ResourceView, load_place
+from shared.messaging import EventHandler
+from shared.service import Runtime
+from shared.timeutil import now, parse_rfc3339
+
+
+def _newer(row, data: dict[str, Any]) -> bool:
+    return row is None or int(data.get("version", 0)) >= row.version
+
+
+def upsert_lab(session: Session, event: dict[str, Any]) -> None:
+    """``lab.created`` / ``lab.updated``: keep the newest version."""
+    data = event["data"]
+    row = session.get(LabView, data["id"])
+    if not _newer(row, data):
+        return
+    if row is None:
+        row = LabView(id=data["id"])
+        session.add(row)
+    row.name, row.org, row.timezone = data["name"], data["org"], data["timezone"]
+    row.managers = data.get("managers") or []
+    row.show_titles = bool(data.get("show_titles"))
+    row.version = int(data.get("version", 0))
+    row.data = data
+
+
+def upsert_resource(session: Session, event: dict[str, Any]) -> None:
+    """``resource.created`` / ``resource.updated`` / ``resource.retired``: keep the newest version."""
+    data = event["data"]
+    row = session.get(ResourceView, data["id"])
+    if not _newer(row, data):
+        return
+    if row is None:
+        row = ResourceView(id=data["id"])
+        session.add(row)
+    row.lab_id, row.name, row.category = data["lab_id"], data["name"], data["category"]
+    row.status, row.policy, row.rates = data["status"], data["policy"], data.get("rates") or {}
+    row.version = int(data.get("version", 0))
+    row.data = data
+
+
+def upsert_qualification(session: Session, event: dict[str, Any]) -> None:
+    """``qualification.granted``: the user may book until ``expires``."""
+    data = event["data"]
+    row = session.get(QualificationView, (data["resource_id"], data["sub"]))
+    if row is None:
+        row = QualificationView(resource_id=data["resource_id"], sub=data["sub"])
+        session.add(row)
+    row.expires = parse_rfc3339(data["expires"]) if data.get("expires") else None
+
+
+def drop_qualification(session: Session, event: dict[str, Any]) -> None:
+    """``qualification.revoked``."""
+    data = event["data"]
+    session.execute(
+        delete(QualificationView).where(
+            QualificationView.resource_id == data["resource_id"], QualificationView.sub == data["sub"]
+        )
+    )
+
+
+def drop_outage(session: Session, event: dict[str, Any]) -> None:
+    """``outage.deleted``: the time is bookable again."""
+    session.execute(delete(OutageView).where(OutageView.id == event["data"]["id"]))
+
+
+def handlers(rt: Runtime) -> dict[str, EventHandler]:
+    """The event types booking acts on."""
+
+    def outage_created(session: Session, event: dict[str, Any]) -> None:
+        """Record the outage and cancel every live booking it overlaps (``cancel_reason: outage``)."""
+        data = event["data"]
+        start, end = parse_rfc3339(data["start"]), parse_rfc3339(data["end"])
+        if session.get(OutageView, data["id"]) is None:
+            session.add(
+                OutageView(id=data["id"], resource_id=data["resource_id"], start_at=start, end_at=end,
+                           reason=data.get("reason") or "")
+            )
+        place = load_place(session, data["resource_id"])
+        clashing = session.scalars(
+            select(Booking).where(
+                Booking.resource_id == data["resource_id"],
+                Booking.status.in_(LIVE),
+                Booking.start_at < end,
+                Booking.end_at > start,
+            ).with_for_update()
+        )
+        stamp = now()
+        for booking in clashing:
+            booking.status = "cancelled"
+            booking.cancel_reason = "outage"
+            booking.sequence += 1
+            booking.updated_at = stamp
+            session.flush()
+            snap = booking.snapshot(place)
+            snap["outage"] = {"id": data["id"], "reason": data.get("reason") or ""}
+            rt.events.emit(session, "booking.cancelled", snap, subject=booking.id)
+
+    return {
+        "lab.created": upsert_lab,
+        "lab.updated": upsert_lab,
+        "resource.created": upsert_resource,
+        "resource.updated": upsert_resource,
+        "resource.retired": upsert_resource,
+        "outage.created": outage_created,
+        "outage.deleted": drop_outage,
+        "qualification.granted": upsert_qualification,
+        "qualification.revoked": drop_qualification,
+    }

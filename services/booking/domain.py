@@ -1,0 +1,316 @@
+"""Booking rules: policies, opening hours, free time, series. Pure Python.
+
+Everything here works on aware UTC datetimes; local time (the lab's time zone)
+is used only where a rule speaks of wall-clock time: opening hours, the slot
+grid, ISO weeks for quotas and the occurrences of a series.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dateutil.rrule import rrulestr
+
+UTC = dt.UTC
+LIVE = ("confirmed", "pending")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MAX_OCCURRENCES = 366
+
+Interval = tuple[dt.datetime, dt.datetime]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A resource's booking rules, as inventory publishes them."""
+
+    slot_minutes: int = 15
+    min_minutes: int = 15
+    max_minutes: int = 480
+    lead_minutes: int = 0
+    horizon_days: int = 90
+    buffer_minutes: int = 0
+    requires_approval: bool = False
+    requires_qualification: bool = False
+    opening_hours: Mapping[str, list[list[str]]] | None = None
+    max_hours_per_week: float | None = None
+    checkin_required: bool = False
+    checkin_grace_minutes: int = 15
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Policy:
+        """Build from an event snapshot, ignoring members this version does not know."""
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+    @property
+    def buffer(self) -> dt.timedelta:
+        """The time each booking holds after its end."""
+        return dt.timedelta(minutes=self.buffer_minutes)
+
+
+@dataclass(frozen=True)
+class Place:
+    """What booking knows of a resource and its lab (from inventory's events)."""
+
+    resource_id: str
+    resource_name: str
+    category: str
+    status: str
+    policy: Policy
+    rates: Mapping[str, Any]
+    lab_id: str
+    lab_name: str
+    lab_org: str
+    timezone: str
+    managers: frozenset[str]
+    manager_contacts: tuple[Mapping[str, Any], ...] = ()
+    show_titles: bool = False
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        """The lab's time zone."""
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+def violation(rule: str, message: str, **extra: Any) -> dict[str, Any]:
+    """One broken rule, as the 422 lists it."""
+    return {"rule": rule, "message": message, **extra}
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def open_intervals(
+    opening_hours: Mapping[str, list[list[str]]] | None, tz: dt.tzinfo, start: dt.datetime, end: dt.datetime
+) -> list[Interval]:
+    """Opening hours as merged UTC intervals covering ``[start, end)``.
+
+    Each local day is turned into UTC on its own, so daylight-saving changes
+    move the UTC times, not the wall-clock ones. ``None`` means always open.
+    """
+    if opening_hours is None:
+        return [(start, end)]
+    first = start.astimezone(tz).date() - dt.timedelta(days=1)
+    last = end.astimezone(tz).date() + dt.timedelta(days=1)
+    out: list[Interval] = []
+    day = first
+    while day <= last:
+        for pair in opening_hours.get(WEEKDAYS[day.weekday()], []) or []:
+            a, b = _minutes(pair[0]), _minutes(pair[1])
+            midnight = dt.datetime.combine(day, dt.time(0))
+            lo = (midnight + dt.timedelta(minutes=a)).replace(tzinfo=tz).astimezone(UTC)
+            hi = (midnight + dt.timedelta(minutes=b)).replace(tzinfo=tz).astimezone(UTC)
+            if b == 1440:
+                hi = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=tz).astimezone(UTC)
+            if hi > start and lo < end:
+                out.append((max(lo, start), min(hi, end)))
+        day += dt.timedelta(days=1)
+    return merge(out)
+
+
+def merge(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sort and merge touching or overlapping intervals."""
+    out: list[Interval] = []
+    for lo, hi in sorted(intervals):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def subtract(base: list[Interval], holes: Iterable[Interval]) -> list[Interval]:
+    """``base`` minus every interval of ``holes``."""
+    result = list(base)
+    for h_lo, h_hi in merge(holes):
+        nxt: list[Interval] = []
+        for lo, hi in result:
+            if h_hi <= lo or h_lo >= hi:
+                nxt.append((lo, hi))
+                continue
+            if lo < h_lo:
+                nxt.append((lo, h_lo))
+            if h_hi < hi:
+                nxt.append((h_hi, hi))
+        result = nxt
+    return result
+
+
+def overlaps(a_start: dt.datetime, a_end: dt.datetime, b_start: dt.datetime, b_end: dt.datetime) -> bool:
+    """Half-open overlap: touching is not overlapping."""
+    return a_start < b_end and b_start < a_end
+
+
+def iso_week_hours(
+    intervals: Iterable[Interval], tz: dt.tzinfo
+) -> dict[tuple[int, int], float]:
+    """Hours per ISO week (of the lab's time zone), splitting intervals at local Monday midnight."""
+    hours: dict[tuple[int, int], float] = {}
+    for lo, hi in intervals:
+        cursor = lo
+        while cursor < hi:
+            local = cursor.astimezone(tz)
+            monday = local.date() - dt.timedelta(days=local.weekday())
+            next_week = dt.datetime.combine(monday + dt.timedelta(days=7), dt.time(0), tzinfo=tz).astimezone(UTC)
+            piece_end = min(hi, next_week)
+            key = tuple(local.isocalendar())[:2]
+            hours[key] = hours.get(key, 0.0) + (piece_end - cursor).total_seconds() / 3600
+            cursor = piece_end
+    return hours
+
+
+def check_rules(
+    place: Place,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    now: dt.datetime,
+    outages: Iterable[Interval],
+    qualified: bool,
+    exempt: bool,
+) -> list[dict[str, Any]]:
+    """Every rule the booking ``[start, end)`` breaks (an empty list when it may be made).
+
+    ``exempt`` (a manager of the lab, or an admin) skips qualification and quota,
+    which the caller checks separately.
+    """
+    p = place.policy
+    out: list[dict[str, Any]] = []
+    if place.status != "active":
+        out.append(violation("status", f"{place.resource_name} is {place.status} and takes no new bookings."))
+    minutes = (end - start).total_seconds() / 60
+    if minutes < p.min_minutes:
+        out.append(violation("min_minutes", f"A booking must last at least {p.min_minutes} minutes."))
+    if minutes > p.max_minutes:
+        out.append(violation("max_minutes", f"A booking may last at most {p.max_minutes} minutes."))
+    local_start = start.astimezone(place.tz)
+    since_midnight = local_start.hour * 60 + local_start.minute
+    if local_start.second or local_start.microsecond or since_midnight % p.slot_minutes or minutes % p.slot_minutes:
+        out.append(
+            violation(
+                "slot_minutes",
+                f"Bookings start and end on the {p.slot_minutes}-minute grid of the lab's day "
+                f"({place.timezone}).",
+            )
+        )
+    if start < now + dt.timedelta(minutes=p.lead_minutes):
+        msg = "The start is in the past." if start < now else (
+            f"Bookings must be made at least {p.lead_minutes} minutes ahead."
+        )
+        out.append(violation("lead_minutes", msg))
+    if end > now + dt.timedelta(days=p.horizon_days):
+        out.append(violation("horizon_days", f"Bookings may be made at most {p.horizon_days} days ahead."))
+    if p.opening_hours is not None:
+        inside = any(lo <= start and end <= hi for lo, hi in open_intervals(p.opening_hours, place.tz, start, end))
+        if not inside:
+            out.append(
+                violation("opening_hours", f"{place.resource_name} is not open for the whole time ({place.timezone}).")
+            )
+    for o_start, o_end in outages:
+        if overlaps(start, end, o_start, o_end):
+            out.append(violation("outage", "The resource is out of service during that time."))
+            break
+    if p.requires_qualification and not qualified and not exempt:
+        out.append(violation("qualification", f"Only users trained on {place.resource_name} may book it."))
+    return out
+
+
+def quota_violation(
+    place: Place, new: Iterable[Interval], existing: Iterable[Interval]
+) -> dict[str, Any] | None:
+    """The ``quota`` violation when ``new`` plus ``existing`` exceed ``max_hours_per_week`` in any week."""
+    limit = place.policy.max_hours_per_week
+    if limit is None:
+        return None
+    new = list(new)
+    used = iso_week_hours(existing, place.tz)
+    wanted = iso_week_hours(new, place.tz)
+    for week, hours in sorted(wanted.items()):
+        if used.get(week, 0.0) + hours > limit + 1e-9:
+            return violation(
+                "quota",
+                f"At most {limit:g} hours per week on {place.resource_name}; week {week[1]} of {week[0]} "
+                f"would have {used.get(week, 0.0) + hours:g}.",
+            )
+    return None
+
+
+class RRuleError(ValueError):
+    """An RRULE labshare will not expand."""
+
+
+def expand_series(rule: str, start: dt.datetime, end: dt.datetime, tz: dt.tzinfo) -> list[Interval]:
+    """The occurrences of a series, keeping the first one's wall-clock time in the lab's zone.
+
+    COUNT or UNTIL is required and at most 366 occurrences are allowed.
+    """
+    text = rule.strip()
+    if text.upper().startswith("RRULE:"):
+        text = text[6:]
+    parts = {p.split("=", 1)[0].upper() for p in text.split(";") if "=" in p}
+    if "FREQ" not in parts:
+        raise RRuleError("The rule needs FREQ, e.g. FREQ=WEEKLY;COUNT=8.")
+    if not parts & {"COUNT", "UNTIL"}:
+        raise RRuleError("The rule needs COUNT or UNTIL so the series ends.")
+    if "DTSTART" in parts:
+        raise RRuleError("DTSTART comes from the booking's start, not the rule.")
+    local_start = start.astimezone(tz)
+    duration = end - start
+    try:
+        rr = rrulestr(text, dtstart=local_start, forceset=False)
+    except (ValueError, TypeError) as exc:
+        raise RRuleError(f"Not a valid RRULE: {exc}") from exc
+    occurrences: list[Interval] = []
+    for index, occ in enumerate(rr):
+        if index >= MAX_OCCURRENCES:
+            raise RRuleError(f"A series may have at most {MAX_OCCURRENCES} occurrences.")
+        # Wall-clock arithmetic in the lab's zone: re-attach the zone so the offset is that day's.
+        local = occ.replace(tzinfo=None).replace(tzinfo=tz)
+        occ_start = local.astimezone(UTC)
+        local_end = (local.replace(tzinfo=None) + duration).replace(tzinfo=tz)
+        occurrences.append((occ_start, local_end.astimezone(UTC)))
+    if not occurrences:
+        raise RRuleError("The rule yields no occurrences.")
+    return occurrences
+
+
+def free_intervals(
+    place: Place,
+    start: dt.datetime,
+    end: dt.datetime,
+    outages: Iterable[Interval],
+    holds: Iterable[Interval],
+) -> list[Interval]:
+    """Time in ``[start, end)`` where a booking could lie: open, no outage, clear of others' holds.
+
+    A new booking holds its buffer after its end too, so each existing hold is
+    widened backwards by the buffer.
+    """
+    buffer = place.policy.buffer
+    base = open_intervals(place.policy.opening_hours, place.tz, start, end)
+    base = subtract(base, list(outages))
+    return subtract(base, [(lo - buffer, hi) for lo, hi in holds])
+
+
+def slot_starts(place: Place, free: Interval, minutes: int, not_before: dt.datetime) -> Iterable[dt.datetime]:
+    """Grid-aligned starts inside ``free`` where a booking of ``minutes`` fits."""
+    p = place.policy
+    lo, hi = free
+    lo = max(lo, not_before)
+    local = lo.astimezone(place.tz)
+    midnight = dt.datetime.combine(local.date(), dt.time(0), tzinfo=place.tz)
+    since = (local.replace(tzinfo=None) - midnight.replace(tzinfo=None)).total_seconds() / 60
+    steps = -(-since // p.slot_minutes)
+    candidate = (midnight.replace(tzinfo=None) + dt.timedelta(minutes=steps * p.slot_minutes)).replace(
+        tzinfo=place.tz
+    ).astimezone(UTC)
+    length = dt.timedelta(minutes=minutes)
+    while candidate + length <= hi:
+        yield candidate
+        candidate += dt.timedelta(minutes=p.slot_minutes)

@@ -1,0 +1,1 @@
+"""Inventory: labs, resources and their policies, outages, qualifications."""

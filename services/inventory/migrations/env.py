@@ -1,0 +1,6 @@
+from alembic import context
+
+from services.inventory.store import Base
+from shared.migrate import run_env
+
+run_env(context, Base.metadata)

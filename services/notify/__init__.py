@@ -1,0 +1,1 @@
+"""Notify: e-mail with calendar invitations, reminders and webhooks, driven by events."""

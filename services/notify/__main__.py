@@ -1,0 +1,7 @@
+"""``python -m services.notify migrate|relay|consume|worker``."""
+
+from services.notify.app import NAME, build_runtime
+from shared.cli import service_main
+
+if __name__ == "__main__":
+    service_main(NAME, build_runtime)

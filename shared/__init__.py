@@ -1,0 +1,1 @@
+"""The small library every labshare service uses: config, database, events, auth, errors."""

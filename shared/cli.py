@@ -1,0 +1,55 @@
+"""Command line of each service: migrate, relay, consume, worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+
+from shared.config import Settings
+from shared.migrate import upgrade
+from shared.service import Runtime, run_loops
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(settings: Settings) -> None:
+    """One log format for every labshare process: JSON lines on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+
+
+def service_main(name: str, build_runtime: Callable[[Settings], Runtime], argv: list[str] | None = None) -> None:
+    """``migrate`` the schema; run the outbox ``relay``, the event ``consume``r, or both (``worker``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    parser.add_argument("command", choices=["migrate", "relay", "consume", "worker"])
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings)
+    if args.command == "migrate":
+        upgrade(name, settings)
+        return
+    runtime = build_runtime(settings)
+    if args.command == "consume" and runtime.consumer is None:
+        parser.error(f"{name} consumes no events")
+    loops = {
+        "relay": [runtime.relay.run],
+        "consume": [runtime.consumer.run] if runtime.consumer else [],
+        "worker": runtime.workers(),
+    }[args.command]
+    run_loops(loops)

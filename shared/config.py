@@ -1,0 +1,101 @@
+"""Settings read once from ``LABSHARE_*`` environment variables, with embedded defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICES = ("inventory", "booking", "notify")
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a labshare process needs to know about its surroundings.
+
+    ``database_url`` is shared by all services (each then keeps its tables in a
+    schema named after itself); ``service_database_urls`` overrides it per service.
+    Without either, each service gets its own SQLite file under ``data_dir``.
+    """
+
+    data_dir: str = "./var"
+    database_url: str | None = None
+    service_database_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    broker_url: str = "memory://"
+    smtp_url: str | None = None
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    dev_mode: bool = False
+    dev_secret: str = "labshare-development-only-secret-do-not-use-in-production"
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    exchange: str = "labshare.events"
+    queue_prefix: str = "labshare"
+    relay_interval: float = 0.2
+    relay_batch: int = 200
+    consumer_prefetch: int = 50
+    consumer_max_retries: int = 5
+    max_body_bytes: int = 1024 * 1024
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``LABSHARE_*`` variables from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        per_service = {
+            name: env[f"LABSHARE_{name.upper()}_DATABASE_URL"]
+            for name in SERVICES
+            if env.get(f"LABSHARE_{name.upper()}_DATABASE_URL")
+        }
+        port = int(env.get("LABSHARE_PORT", "8080"))
+        values: dict[str, object] = {
+            "data_dir": env.get("LABSHARE_DATA_DIR", "./var"),
+            "database_url": env.get("LABSHARE_DATABASE_URL") or None,
+            "service_database_urls": per_service,
+            "broker_url": env.get("LABSHARE_BROKER_URL") or "memory://",
+            "smtp_url": env.get("LABSHARE_SMTP_URL") or None,
+            "port": port,
+            "public_url": env.get("LABSHARE_PUBLIC_URL") or f"http://127.0.0.1:{port}",
+            "dev_mode": _bool(env.get("LABSHARE_DEV_MODE")),
+            "oidc_issuer": env.get("LABSHARE_OIDC_ISSUER") or None,
+            "oidc_audience": env.get("LABSHARE_OIDC_AUDIENCE") or None,
+            "exchange": env.get("LABSHARE_EXCHANGE", "labshare.events"),
+            "queue_prefix": env.get("LABSHARE_QUEUE_PREFIX", "labshare"),
+            "relay_interval": float(env.get("LABSHARE_RELAY_INTERVAL", "0.2")),
+            "log_level": env.get("LABSHARE_LOG_LEVEL", "INFO"),
+        }
+        if env.get("LABSHARE_DEV_SECRET"):
+            values["dev_secret"] = env["LABSHARE_DEV_SECRET"]
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some values changed (tests use it)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def database_url_for(self, service: str) -> str:
+        """The database URL a service uses."""
+        if service in self.service_database_urls:
+            return self.service_database_urls[service]
+        if self.database_url:
+            return self.database_url
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{Path(self.data_dir).resolve() / f'{service}.db'}"
+
+    def schema_for(self, service: str) -> str | None:
+        """The PostgreSQL schema a service's tables live in (None on SQLite)."""
+        url = self.database_url_for(service)
+        return service if url.startswith("postgresql") else None
+
+    @property
+    def broker_is_memory(self) -> bool:
+        """True for the in-process broker of ``make run``."""
+        return self.broker_url.startswith("memory")

@@ -1,0 +1,137 @@
+"""SQLAlchemy 2 engine and session helpers shared by the services.
+
+Each service owns its database: on PostgreSQL a schema named after the service
+(``search_path`` is set per connection), on SQLite a file of its own. Writes on
+SQLite take the database lock up front (``BEGIN IMMEDIATE``) so a check and the
+write it guards can never interleave with another writer, in this process or
+any other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+
+from sqlalchemy import DateTime, Engine, create_engine, event, text
+from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeDecorator
+
+UTC = dt.UTC
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores a fixed-format UTC string,
+    so string comparison orders it correctly (the overlap triggers rely on it).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached the database layer")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; each service subclasses it with its own metadata."""
+
+    __abstract__ = True
+
+
+class Database:
+    """One service's database: an engine, and sessions for reads and for writes."""
+
+    def __init__(self, url: str, schema: str | None = None, pool_size: int = 10) -> None:
+        self.url = url
+        self.schema = schema
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine = create_engine(
+                url,
+                connect_args={"check_same_thread": False, "timeout": 60},
+                pool_size=pool_size,
+                max_overflow=20,
+            )
+            _configure_sqlite(self.engine)
+            self.write_engine = self.engine.execution_options(labshare_immediate=True)
+        else:
+            connect_args = {}
+            if schema:
+                connect_args["options"] = f"-csearch_path={schema},public"
+            self.engine = create_engine(
+                psycopg_url(url),
+                connect_args=connect_args,
+                pool_size=pool_size,
+                max_overflow=20,
+                pool_pre_ping=True,
+            )
+            self.write_engine = self.engine
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Session]:
+        """A write transaction: commits on success, rolls back on any exception."""
+        with Session(self.write_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only unit of work (never commits)."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def ping(self) -> bool:
+        """True when the database answers."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def dispose(self) -> None:
+        """Close every pooled connection (after fork, at shutdown)."""
+        self.engine.dispose()
+
+
+def psycopg_url(url: str) -> str:
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:
+        # Let SQLAlchemy's "begin" hook below emit BEGIN itself.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:
+        immediate = conn.get_execution_options().get("labshare_immediate")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def admin_engine(url: str) -> Engine:
+    """An autocommit engine for DDL outside a transaction (CREATE SCHEMA/DATABASE)."""
+    return create_engine(psycopg_url(url), isolation_level="AUTOCOMMIT", poolclass=NullPool)

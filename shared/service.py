@@ -1,0 +1,147 @@
+"""What every service's ``create_app`` and worker processes are built from."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, request
+from sqlalchemy import MetaData, Table
+from sqlalchemy.orm import Session
+
+from shared.auth import install_auth
+from shared.config import Settings
+from shared.db import Database
+from shared.errors import install_error_handlers
+from shared.events import make_event
+from shared.http import json_response
+from shared.messaging import EventConsumer, EventHandler, Relay
+from shared.openapi import ApiDoc
+from shared.outbox import add_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EventWriter:
+    """Writes a service's events to its outbox; ``wake`` nudges an in-process relay."""
+
+    service: str
+    outbox: Table
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, session: Session, type_: str, data: dict[str, Any], subject: str | None = None) -> None:
+        """Add one event to the outbox within ``session``'s transaction."""
+        add_event(session, self.outbox, make_event(self.service, type_, data, subject))
+
+    def committed(self) -> None:
+        """Call after the transaction that emitted events has committed."""
+        self.wake.set()
+
+
+@dataclass
+class Runtime:
+    """One service's settings, database, event writer, relay and (optional) consumer."""
+
+    name: str
+    settings: Settings
+    db: Database
+    events: EventWriter
+    relay: Relay
+    inbox: Table
+    consumer: EventConsumer | None = None
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        settings: Settings,
+        metadata: MetaData,
+        handlers: Callable[[Runtime], dict[str, EventHandler]] | None = None,
+    ) -> Runtime:
+        """Wire a service from its metadata (which holds its ``outbox``/``inbox`` tables)."""
+        db = Database(settings.database_url_for(name), settings.schema_for(name))
+        outbox, inbox = metadata.tables["outbox"], metadata.tables["inbox"]
+        events = EventWriter(name, outbox)
+        relay = Relay(settings, db, outbox)
+        relay.wake = events.wake
+        runtime = cls(name, settings, db, events, relay, inbox)
+        if handlers is not None:
+            runtime.consumer = EventConsumer(
+                settings, name, db, inbox, handlers(runtime), after_commit=events.committed
+            )
+        return runtime
+
+    def workers(self) -> list[Callable[[threading.Event], None]]:
+        """The background loops of this service (relay, and consumer if it has one)."""
+        loops: list[Callable[[threading.Event], None]] = [self.relay.run]
+        if self.consumer is not None:
+            loops.append(self.consumer.run)
+        return loops
+
+
+def create_service_app(
+    runtime: Runtime, blueprints: Iterable[Blueprint], doc: ApiDoc, extra_health: Callable[[], dict] | None = None
+) -> Flask:
+    """A Flask app with the shared conventions: problem+json, auth, size limit, health, OpenAPI."""
+    app = Flask(f"labshare.{runtime.name}")
+    app.config["MAX_CONTENT_LENGTH"] = runtime.settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["labshare.settings"] = runtime.settings
+    app.extensions["labshare.runtime"] = runtime
+    install_error_handlers(app)
+    install_auth(app, runtime.settings)
+    for bp in blueprints:
+        app.register_blueprint(bp)
+    app.register_blueprint(doc.blueprint())
+
+    @app.get("/healthz")
+    def healthz():
+        rt: Runtime = current_app.extensions["labshare.runtime"]
+        db_ok = rt.db.ping()
+        body: dict[str, Any] = {"service": rt.name, "database": "ok" if db_ok else "down"}
+        if db_ok:
+            body["outbox_backlog"] = rt.relay.backlog()
+        if extra_health:
+            body.update(extra_health())
+        body["status"] = "ok" if db_ok else "down"
+        return json_response(body, 200 if db_ok else 503)
+
+    @app.after_request
+    def _no_sniff(resp):
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if request.path.startswith("/api/"):
+            resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    return app
+
+
+def runtime_of(app: Flask | None = None) -> Runtime:
+    """The runtime of the current app."""
+    return (app or current_app).extensions["labshare.runtime"]
+
+
+def run_loops(loops: list[Callable[[threading.Event], None]], stop: threading.Event | None = None) -> None:
+    """Run background loops in threads until SIGINT/SIGTERM (or ``stop``), then stop them cleanly."""
+    stop = stop or threading.Event()
+
+    def _stop(signum, _frame) -> None:
+        log.info("signal %s: stopping", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+    threads = [threading.Thread(target=loop, args=(stop,), daemon=True) for loop in loops]
+    for t in threads:
+        t.start()
+    while not stop.is_set():
+        time.sleep(0.2)
+    for t in threads:
+        t.join(timeout=10)

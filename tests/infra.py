@@ -1,0 +1,79 @@
+"""Access to the machine's PostgreSQL and RabbitMQ for tests: fresh databases, a vhost, clear skips."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from shared.db import admin_engine
+
+PG_ADMIN_URL = os.environ.get("LABSHARE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_HOST = os.environ.get("LABSHARE_TEST_AMQP_HOST", "127.0.0.1")
+REQUIRED = os.environ.get("LABSHARE_REQUIRE_SERVICES") == "1"
+
+
+def port_open(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def need(name: str, host: str, port: int) -> None:
+    """Skip (or fail, when services are required) if a server is not reachable."""
+    if port_open(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if REQUIRED:
+        pytest.fail(f"{message}, and LABSHARE_REQUIRE_SERVICES=1")
+    pytest.skip(f"{message}; start it to run this test")
+
+
+def fresh_database() -> str:
+    """Create an empty PostgreSQL database; returns its URL."""
+    need("PostgreSQL", "127.0.0.1", 5432)
+    name = f"labshare_test_{uuid.uuid4().hex[:12]}"
+    engine = admin_engine(PG_ADMIN_URL)
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    """Drop a test database, closing what still uses it."""
+    name = url.rsplit("/", 1)[1]
+    engine = admin_engine(PG_ADMIN_URL)
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def create_vhost() -> tuple[str, str]:
+    """A vhost of its own for this test run; returns (vhost, amqp url)."""
+    need("RabbitMQ", AMQP_HOST, 5672)
+    if shutil.which("rabbitmqctl") is None:
+        if REQUIRED:
+            pytest.fail("rabbitmqctl is needed to create a test vhost")
+        pytest.skip("rabbitmqctl is not installed; cannot create an isolated vhost")
+    vhost = f"labshare-test-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    return vhost, f"amqp://guest:guest@{AMQP_HOST}:5672/{vhost}"
+
+
+def delete_vhost(vhost: str) -> None:
+    """Remove a test vhost and everything in it."""
+    _rabbitmqctl("delete_vhost", vhost)
