@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json as _json
-from typing import Any, TypeVar
+import re
+from typing import Annotated, Any, TypeVar
 
 from flask import Response, json, request
-from pydantic import BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 from werkzeug.exceptions import BadRequest
 
 from shared.errors import ValidationFailed
@@ -16,6 +17,10 @@ from shared.timeutil import parse_rfc3339
 
 M = TypeVar("M", bound=BaseModel)
 
+#: An RFC 3339 timestamp string with an offset (numbers and naive times are refused).
+Timestamp = Annotated[AwareDatetime, Field(strict=True)]
+
+_LOST_PLUS = re.compile(r"(\d) (\d\d:?\d\d)$")
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
 
@@ -51,6 +56,8 @@ def query_time(name: str, default: dt.datetime | None = None) -> dt.datetime | N
     value = request.args.get(name)
     if value is None or value == "":
         return default
+    # An unencoded "+01:00" arrives as " 01:00"; read it as the offset it was meant to be.
+    value = _LOST_PLUS.sub(r"\1+\2", value)
     try:
         return parse_rfc3339(value)
     except ValueError as exc:

@@ -113,6 +113,24 @@ class Stack:
                 raise AssertionError(f"timed out waiting for {what}")
             time.sleep(0.02)
 
+    def sync(self, source: str = "inventory", consumer: str = "booking") -> None:
+        """Wait until ``consumer`` has processed every event ``source`` has written so far."""
+        from sqlalchemy import select
+
+        src, dst = self.runtimes[source], self.runtimes[consumer]
+        outbox = src.events.outbox
+        with src.db.read() as s:
+            ids = set(s.scalars(select(outbox.c.event_id).order_by(outbox.c.id.desc()).limit(50)))
+        if not ids:
+            return
+
+        def consumed():
+            with dst.db.read() as s:
+                seen = s.scalars(select(dst.inbox.c.event_id).where(dst.inbox.c.event_id.in_(ids)))
+                return len(set(seen)) == len(ids)
+
+        self.eventually(consumed, what=f"{consumer} to consume {source}'s events")
+
     def booking_knows(self, resource_id: str) -> None:
         """Wait until the booking service's read model has the resource (fed by inventory's events)."""
         self.eventually(

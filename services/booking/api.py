@@ -6,12 +6,13 @@ import datetime as dt
 from typing import Annotated
 
 from flask import Blueprint, Response, request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.booking import handlers, store
 from shared.auth import current_user
 from shared.errors import ValidationFailed
 from shared.http import (
+    Timestamp,
     json_response,
     page,
     page_params,
@@ -31,6 +32,12 @@ MAX_WINDOW = dt.timedelta(days=366)
 doc = ApiDoc("labshare booking", "Bookings and series, approvals, availability and free-slot search.")
 bp = Blueprint("booking", __name__)
 
+
+@bp.before_request
+def _authenticate() -> None:
+    """Every route here needs a valid bearer token, checked before the body is read."""
+    current_user()
+
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
 
@@ -42,8 +49,8 @@ class BookingIn(Strict):
     """A new booking, or a series when ``rrule`` is given."""
 
     resource_id: Id
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Timestamp
+    end: Timestamp
     title: str = Field(default="", max_length=500)
     project: str = Field(default="", max_length=200)
     rrule: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)] | None = None
@@ -52,8 +59,8 @@ class BookingIn(Strict):
 class BookingPatch(Strict):
     """Changes to a booking; a move is checked like a new booking."""
 
-    start: AwareDatetime | None = None
-    end: AwareDatetime | None = None
+    start: Timestamp | None = None
+    end: Timestamp | None = None
     title: str | None = Field(default=None, max_length=500)
     project: str | None = Field(default=None, max_length=200)
 
@@ -179,7 +186,6 @@ def _required(name: str) -> str:
 @bp.get("/api/v1/availability")
 def availability() -> Response:
     """Free time honours opening hours, outages and buffers (default window: the next 7 days)."""
-    current_user()
     resource_id = _required("resource_id")
     start, end = _window(7)
     return json_response(handlers.availability(runtime_of(), resource_id, start, end))

@@ -207,6 +207,7 @@ def update_booking(rt: Runtime, user: Principal, booking_id: str, changes: dict[
     try:
         with rt.db.begin() as session:
             booking = _booking(session, booking_id, lock=True)
+            resource_id = booking.resource_id
             place = _owned_or_managed(session, user, booking)
             if booking.status not in LIVE:
                 raise InvalidState(f"A {booking.status} booking cannot be changed.")
@@ -233,7 +234,7 @@ def update_booking(rt: Runtime, user: Principal, booking_id: str, changes: dict[
     except IntegrityError as exc:
         if not is_overlap(exc):
             raise
-        _raise_conflict(rt, booking.resource_id, [(start, end)], exclude=(booking_id,))
+        _raise_conflict(rt, resource_id, [(start, end)], exclude=(booking_id,))
     rt.events.committed()
     return snap
 

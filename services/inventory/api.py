@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from flask import Blueprint, Response, request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.inventory import handlers, store
 from shared.auth import current_user
-from shared.http import json_response, page, page_params, parse_body, query_choice, query_time
+from shared.http import Timestamp, json_response, page, page_params, parse_body, query_choice, query_time
 from shared.openapi import ApiDoc
 from shared.service import runtime_of
 
@@ -19,6 +19,12 @@ HHMM = Annotated[str, StringConstraints(pattern=r"^\d\d:\d\d$")]
 
 doc = ApiDoc("labshare inventory", "Labs, resources, policies, outages and qualifications.")
 bp = Blueprint("inventory", __name__)
+
+
+@bp.before_request
+def _authenticate() -> None:
+    """Every route here needs a valid bearer token, checked before the body is read."""
+    current_user()
 
 
 class Strict(BaseModel):
@@ -104,8 +110,8 @@ class ResourcePatch(Strict):
 class OutageIn(Strict):
     """A period the resource cannot be used."""
 
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Timestamp
+    end: Timestamp
     reason: str = Field(default="", max_length=2000)
 
 
@@ -113,7 +119,7 @@ class QualificationIn(Strict):
     """A user qualified on a resource, optionally until ``expires``."""
 
     sub: Text200
-    expires: AwareDatetime | None = None
+    expires: Timestamp | None = None
 
 
 @doc.op("post", "/api/v1/labs", "Create a lab", body=LabIn, status=201)
@@ -129,7 +135,6 @@ def create_lab() -> Response:
 @bp.get("/api/v1/labs")
 def list_labs() -> Response:
     """Every lab, by name."""
-    current_user()
     limit, cursor = page_params()
     with runtime_of().db.read() as session:
         rows = store.list_labs(session, request.args.get("org"), limit, cursor)
@@ -140,7 +145,6 @@ def list_labs() -> Response:
 @bp.get("/api/v1/labs/<lab_id>")
 def get_lab(lab_id: str) -> Response:
     """One lab."""
-    current_user()
     return json_response(handlers.get_lab(runtime_of(), lab_id))
 
 
@@ -169,7 +173,6 @@ def create_resource() -> Response:
 @bp.get("/api/v1/resources")
 def list_resources() -> Response:
     """Resources filtered by lab, category (and its sub-categories), status or free text."""
-    current_user()
     limit, cursor = page_params()
     status = query_choice("status", ("active", "maintenance", "retired"))
     with runtime_of().db.read() as session:
@@ -189,7 +192,6 @@ def list_resources() -> Response:
 @bp.get("/api/v1/resources/<resource_id>")
 def get_resource(resource_id: str) -> Response:
     """One resource with its policy and rates."""
-    current_user()
     return json_response(handlers.get_resource(runtime_of(), resource_id))
 
 
@@ -221,7 +223,6 @@ def create_outage(resource_id: str) -> Response:
 @bp.get("/api/v1/resources/<resource_id>/outages")
 def list_outages(resource_id: str) -> Response:
     """Live outages of a resource."""
-    current_user()
     rt = runtime_of()
     handlers.get_resource(rt, resource_id)
     with rt.db.read() as session:
@@ -251,7 +252,6 @@ def grant_qualification(resource_id: str) -> Response:
 @bp.get("/api/v1/resources/<resource_id>/qualifications")
 def list_qualifications(resource_id: str) -> Response:
     """Who is qualified on the resource, with expiry."""
-    current_user()
     rt = runtime_of()
     handlers.get_resource(rt, resource_id)
     with rt.db.read() as session:
