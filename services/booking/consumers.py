@@ -8,7 +8,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from services.booking.domain import LIVE
-from services.booking.store import Booking, LabView, OutageView, QualificationView, ResourceView, load_place
+from services.booking.store import (
+    Booking,
+    LabView,
+    OutageView,
+    QualificationView,
+    ResourceView,
+    load_place,
+    lock_resource,
+)
 from shared.messaging import EventHandler
 from shared.service import Runtime
 from shared.timeutil import now, parse_rfc3339
@@ -86,6 +94,7 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
                 OutageView(id=data["id"], resource_id=data["resource_id"], start_at=start, end_at=end,
                            reason=data.get("reason") or "")
             )
+        lock_resource(session, data["resource_id"])
         place = load_place(session, data["resource_id"])
         clashing = session.scalars(
             select(Booking).where(

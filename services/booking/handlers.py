@@ -44,6 +44,12 @@ def _place(session: Session, resource_id: str) -> Place:
 
 
 def _booking(session: Session, booking_id: str, lock: bool = False) -> Booking:
+    """A booking; with ``lock``, its resource's write lock is taken first, then the row's."""
+    if lock:
+        resource_id = session.scalar(select(Booking.resource_id).where(Booking.id == booking_id))
+        if resource_id is None:
+            raise NotFound(f"No booking with id {booking_id}.")
+        store.lock_resource(session, resource_id)
     booking = session.get(Booking, booking_id, with_for_update=lock)
     if booking is None:
         raise NotFound(f"No booking with id {booking_id}.")
@@ -102,23 +108,53 @@ def _conflicts(
     return out
 
 
-def _raise_conflict(rt: Runtime, resource_id: str, occurrences: list[domain.Interval], exclude=()) -> None:
+def _conflict_after_refusal(
+    rt: Runtime, resource_id: str, occurrences: list[domain.Interval], exclude=()
+) -> Conflict | None:
+    """The 409 for a write the database refused; None when the clash has gone meanwhile (try again)."""
     with rt.db.read() as session:
         place = _place(session, resource_id)
         conflicts = _conflicts(session, place, occurrences, tuple(exclude))
-    raise Conflict("That time is already booked.", conflicts=conflicts)
+    return Conflict("That time is already booked.", conflicts=conflicts) if conflicts else None
+
+
+ATTEMPTS = 3
+
+
+class _Refused(Exception):
+    """The database refused the write as an overlap."""
+
+    def __init__(self, occurrences: list[domain.Interval]) -> None:
+        super().__init__("overlap")
+        self.occurrences = occurrences
 
 
 def create_booking(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[str, Any]:
     """Book a resource (or a series of it) for the caller; all or nothing."""
+    _check_times(data["start"], data["end"])
+    attempt = 1
+    while True:
+        try:
+            result = _create_once(rt, user, data)
+        except _Refused as refused:
+            conflict = _conflict_after_refusal(rt, data["resource_id"], refused.occurrences)
+            if conflict is None and attempt < ATTEMPTS:
+                attempt += 1  # the booking in the way was cancelled meanwhile: try again
+                continue
+            raise conflict or Conflict("That time is already booked.", conflicts=[]) from refused
+        rt.events.committed()
+        return result
+
+
+def _create_once(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[str, Any]:
     start, end = data["start"], data["end"]
-    _check_times(start, end)
     resource_id = data["resource_id"]
     occurrences = [(start, end)]
     stamp = now()
     series_id = str(uuid.uuid4()) if data.get("rrule") else None
     try:
         with rt.db.begin() as session:
+            store.lock_resource(session, resource_id)
             place = _place(session, resource_id)
             if data.get("rrule"):
                 try:
@@ -173,8 +209,7 @@ def create_booking(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[s
     except IntegrityError as exc:
         if not is_overlap(exc):
             raise
-        _raise_conflict(rt, resource_id, occurrences)
-    rt.events.committed()
+        raise _Refused(occurrences) from exc
     return result
 
 
@@ -234,7 +269,8 @@ def update_booking(rt: Runtime, user: Principal, booking_id: str, changes: dict[
     except IntegrityError as exc:
         if not is_overlap(exc):
             raise
-        _raise_conflict(rt, resource_id, [(start, end)], exclude=(booking_id,))
+        conflict = _conflict_after_refusal(rt, resource_id, [(start, end)], exclude=(booking_id,))
+        raise conflict or Conflict("That time was taken; please try again.", conflicts=[]) from exc
     rt.events.committed()
     return snap
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     or_,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -161,6 +162,20 @@ class Booking(Base):
         """What anyone may see of someone else's booking."""
         return {"resource_id": self.resource_id, "start": iso(self.start_at), "end": iso(self.end_at),
                 "status": self.status}
+
+
+def lock_resource(session: Session, resource_id: str) -> None:
+    """Serialise the writes to one resource's bookings for the rest of the transaction.
+
+    On PostgreSQL two transactions inserting clashing rows at once can each wait
+    on the other's exclusion check and deadlock; a transaction-scoped advisory
+    lock per resource makes the second one wait and then see the first one's
+    row, so the constraint refuses it cleanly. SQLite writers already hold the
+    database lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                        {"key": f"booking:{resource_id}"})
 
 
 def place_of(lab: LabView | None, res: ResourceView) -> Place:
