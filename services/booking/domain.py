@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dateutil.rrule import rrulestr
+from dateutil.rrule import rrule, rrulestr
 
 UTC = dt.UTC
 LIVE = ("confirmed", "pending")
@@ -246,35 +246,49 @@ class RRuleError(ValueError):
 
 
 def expand_series(rule: str, start: dt.datetime, end: dt.datetime, tz: dt.tzinfo) -> list[Interval]:
-    """The occurrences of a series, keeping the first one's wall-clock time in the lab's zone.
+    """The occurrences of a series, keeping the first one's wall-clock start and end in the lab's zone.
 
-    COUNT or UNTIL is required and at most 366 occurrences are allowed.
+    One RRULE only (no DTSTART, RDATE or EXDATE lines); COUNT or UNTIL is
+    required and at most 366 occurrences are allowed.
     """
     text = rule.strip()
     if text.upper().startswith("RRULE:"):
         text = text[6:]
-    parts = {p.split("=", 1)[0].upper() for p in text.split(";") if "=" in p}
+    if any(ch in text for ch in "\r\n:"):
+        raise RRuleError("Give one RRULE, e.g. FREQ=WEEKLY;COUNT=8 (no DTSTART, RDATE or EXDATE).")
+    parts = {}
+    for piece in text.split(";"):
+        name, _, value = piece.partition("=")
+        parts[name.strip().upper()] = value.strip()
     if "FREQ" not in parts:
         raise RRuleError("The rule needs FREQ, e.g. FREQ=WEEKLY;COUNT=8.")
-    if not parts & {"COUNT", "UNTIL"}:
+    if not parts.keys() & {"COUNT", "UNTIL"}:
         raise RRuleError("The rule needs COUNT or UNTIL so the series ends.")
-    if "DTSTART" in parts:
-        raise RRuleError("DTSTART comes from the booking's start, not the rule.")
+    if "INTERVAL" in parts and (not parts["INTERVAL"].isdigit() or int(parts["INTERVAL"]) < 1):
+        raise RRuleError("INTERVAL must be a whole number of at least 1.")
+    for name in ("BYMONTHDAY", "BYYEARDAY", "BYWEEKNO"):
+        if name in parts and any(v.strip().lstrip("+-") in {"0", ""} for v in parts[name].split(",")):
+            raise RRuleError(f"{name} may not contain 0.")
     local_start = start.astimezone(tz)
-    duration = end - start
+    # The length on the wall clock, so 22:00-06:00 stays 22:00-06:00 on a night the clocks change.
+    wall_length = end.astimezone(tz).replace(tzinfo=None) - local_start.replace(tzinfo=None)
+    occurrences: list[Interval] = []
     try:
         rr = rrulestr(text, dtstart=local_start, forceset=False)
-    except (ValueError, TypeError) as exc:
+        if not isinstance(rr, rrule):
+            raise RRuleError("Give one RRULE.")
+        for index, occ in enumerate(rr):
+            if index >= MAX_OCCURRENCES:
+                raise RRuleError(f"A series may have at most {MAX_OCCURRENCES} occurrences.")
+            # Re-attach the zone so each occurrence gets that day's offset.
+            wall = occ.replace(tzinfo=None)
+            occurrences.append(
+                (wall.replace(tzinfo=tz).astimezone(UTC), (wall + wall_length).replace(tzinfo=tz).astimezone(UTC))
+            )
+    except RRuleError:
+        raise
+    except (ValueError, TypeError, IndexError, OverflowError) as exc:
         raise RRuleError(f"Not a valid RRULE: {exc}") from exc
-    occurrences: list[Interval] = []
-    for index, occ in enumerate(rr):
-        if index >= MAX_OCCURRENCES:
-            raise RRuleError(f"A series may have at most {MAX_OCCURRENCES} occurrences.")
-        # Wall-clock arithmetic in the lab's zone: re-attach the zone so the offset is that day's.
-        local = occ.replace(tzinfo=None).replace(tzinfo=tz)
-        occ_start = local.astimezone(UTC)
-        local_end = (local.replace(tzinfo=None) + duration).replace(tzinfo=tz)
-        occurrences.append((occ_start, local_end.astimezone(UTC)))
     if not occurrences:
         raise RRuleError("The rule yields no occurrences.")
     return occurrences
@@ -298,19 +312,23 @@ def free_intervals(
     return subtract(base, [(lo - buffer, hi) for lo, hi in holds])
 
 
+def align(place: Place, moment: dt.datetime) -> dt.datetime:
+    """The first start on the slot grid of ``moment``'s local day at or after ``moment``."""
+    step = place.policy.slot_minutes
+    local = moment.astimezone(place.tz).replace(tzinfo=None)
+    midnight = dt.datetime.combine(local.date(), dt.time(0))
+    since = (local - midnight).total_seconds() / 60
+    wall = midnight + dt.timedelta(minutes=-(-since // step) * step)
+    aligned = wall.replace(tzinfo=place.tz).astimezone(UTC)
+    # A wall time in a spring-forward gap maps before ``moment``; take the next grid point.
+    return aligned if aligned >= moment else align(place, moment + dt.timedelta(minutes=1))
+
+
 def slot_starts(place: Place, free: Interval, minutes: int, not_before: dt.datetime) -> Iterable[dt.datetime]:
-    """Grid-aligned starts inside ``free`` where a booking of ``minutes`` fits."""
-    p = place.policy
+    """Starts on the local slot grid inside ``free`` where a booking of ``minutes`` fits."""
     lo, hi = free
-    lo = max(lo, not_before)
-    local = lo.astimezone(place.tz)
-    midnight = dt.datetime.combine(local.date(), dt.time(0), tzinfo=place.tz)
-    since = (local.replace(tzinfo=None) - midnight.replace(tzinfo=None)).total_seconds() / 60
-    steps = -(-since // p.slot_minutes)
-    candidate = (midnight.replace(tzinfo=None) + dt.timedelta(minutes=steps * p.slot_minutes)).replace(
-        tzinfo=place.tz
-    ).astimezone(UTC)
     length = dt.timedelta(minutes=minutes)
+    candidate = align(place, max(lo, not_before))
     while candidate + length <= hi:
         yield candidate
-        candidate += dt.timedelta(minutes=p.slot_minutes)
+        candidate = align(place, candidate + dt.timedelta(minutes=place.policy.slot_minutes))

@@ -45,7 +45,7 @@ def check_timezone(name: str) -> None:
     """An IANA time zone name, or 422."""
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise ValidationFailed([{"field": "timezone", "message": f"unknown time zone {name!r}"}]) from exc
 
 
