@@ -55,6 +55,8 @@ class Runtime:
     relay: Relay
     inbox: Table
     consumer: EventConsumer | None = None
+    #: Further background loops of the service (schedulers, delivery workers), each ``loop(stop_event)``.
+    loops: list[Callable[[threading.Event], None]] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -78,11 +80,11 @@ class Runtime:
         return runtime
 
     def workers(self) -> list[Callable[[threading.Event], None]]:
-        """The background loops of this service (relay, and consumer if it has one)."""
+        """The background loops of this service: relay, consumer if it has one, and any others."""
         loops: list[Callable[[threading.Event], None]] = [self.relay.run]
         if self.consumer is not None:
             loops.append(self.consumer.run)
-        return loops
+        return loops + self.loops
 
 
 def create_service_app(
