@@ -7,13 +7,17 @@ import json
 import logging
 from collections.abc import Callable
 
+from shared import tracing
 from shared.config import Settings
 from shared.migrate import upgrade
 from shared.service import Runtime, run_loops
 
+#: Structured fields a log call may pass in ``extra`` that end up as members of the JSON line.
+LOG_FIELDS = ("event_id", "event_type", "event_source", "event_traceparent")
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per log line."""
+    """One JSON object per log line, with the request id and trace of the work it was written for."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -22,6 +26,15 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        trace = tracing.current()
+        if trace is not None:
+            if trace.request_id:
+                entry["request_id"] = trace.request_id
+            entry["trace_id"] = trace.trace_id
+            entry["traceparent"] = trace.traceparent
+        for key in LOG_FIELDS:
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

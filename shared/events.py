@@ -1,17 +1,26 @@
-"""The CloudEvents 1.0 envelope (structured JSON mode) every labshare event uses."""
+"""The CloudEvents 1.0 envelope (structured JSON mode) every labshare event uses.
+
+An event made while a trace is current (an HTTP request, or a consumer handling
+an event) carries it as the ``traceparent`` extension attribute of the
+CloudEvents distributed-tracing extension (W3C Trace Context format).
+"""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+from shared import tracing
 from shared.timeutil import iso, now
 
 CONTENT_TYPE = "application/cloudevents+json"
 
 
 def make_event(service: str, type_: str, data: dict[str, Any], subject: str | None = None) -> dict[str, Any]:
-    """A CloudEvent with a fresh id; ``data`` is the entity's full snapshot after the change."""
+    """A CloudEvent with a fresh id; ``data`` is the entity's full snapshot after the change.
+
+    It carries ``traceparent`` when a trace is current (see ``shared.tracing``).
+    """
     event: dict[str, Any] = {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),
@@ -23,4 +32,7 @@ def make_event(service: str, type_: str, data: dict[str, Any], subject: str | No
     }
     if subject:
         event["subject"] = subject
+    trace = tracing.current()
+    if trace is not None:
+        event["traceparent"] = trace.traceparent
     return event

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -10,10 +11,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, current_app, g, request
 from sqlalchemy import MetaData, Table
 from sqlalchemy.orm import Session
 
+from shared import tracing
 from shared.auth import install_auth
 from shared.config import Settings
 from shared.db import Database
@@ -90,12 +92,17 @@ class Runtime:
 def create_service_app(
     runtime: Runtime, blueprints: Iterable[Blueprint], doc: ApiDoc, extra_health: Callable[[], dict] | None = None
 ) -> Flask:
-    """A Flask app with the shared conventions: problem+json, auth, size limit, health, OpenAPI."""
+    """A Flask app with the shared conventions: problem+json, auth, size limit, health, OpenAPI.
+
+    Per request an ``X-Request-Id`` (the caller's or a new one, returned) whose
+    trace every log line and every emitted event carries (``shared.tracing``).
+    """
     app = Flask(f"labshare.{runtime.name}")
     app.config["MAX_CONTENT_LENGTH"] = runtime.settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["labshare.settings"] = runtime.settings
     app.extensions["labshare.runtime"] = runtime
+    install_request_tracing(app)
     install_error_handlers(app)
     install_auth(app, runtime.settings)
     for bp in blueprints:
@@ -122,6 +129,30 @@ def create_service_app(
         return resp
 
     return app
+
+
+def install_request_tracing(app: Flask) -> None:
+    """Give each request its id and trace (``X-Request-Id``, ``traceparent``), current while it runs."""
+
+    @app.before_request
+    def _start_trace() -> None:
+        trace = tracing.for_request(request.headers.get("X-Request-Id"), request.headers.get("traceparent"))
+        g.labshare_trace = trace
+        g.labshare_trace_token = tracing.activate(trace)
+
+    @app.after_request
+    def _return_request_id(resp):
+        trace = g.get("labshare_trace")
+        if trace is not None:
+            resp.headers["X-Request-Id"] = trace.request_id
+        return resp
+
+    @app.teardown_request
+    def _end_trace(_exc: BaseException | None) -> None:
+        token = g.pop("labshare_trace_token", None)
+        if token is not None:
+            with contextlib.suppress(ValueError):  # set in another context: nothing to restore here
+                tracing.deactivate(token)
 
 
 def runtime_of(app: Flask | None = None) -> Runtime:
