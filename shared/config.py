@@ -41,8 +41,17 @@ class Settings:
     queue_prefix: str = "labshare"
     relay_interval: float = 0.2
     relay_batch: int = 200
-    consumer_prefetch: int = 50
+    #: Unacknowledged messages RabbitMQ may hand one consumer at a time (see shared/messaging.py for why 20).
+    consumer_prefetch: int = 20
     consumer_max_retries: int = 5
+    #: AMQP heartbeat: a silent (half-dead) connection is given up after about twice this many seconds.
+    broker_heartbeat: int = 10
+    #: Seconds a publish may wait for the broker's confirm (or a blocked socket) before the relay gives up.
+    publish_timeout: float = 10.0
+    #: /healthz says "degraded" when the oldest unpublished event is older than this many seconds.
+    health_outbox_age: float = 30.0
+    #: An API process checks that the broker accepts connections at most this often (seconds).
+    health_broker_interval: float = 5.0
     max_body_bytes: int = 1024 * 1024
     log_level: str = "INFO"
 
@@ -70,6 +79,8 @@ class Settings:
             "exchange": env.get("LABSHARE_EXCHANGE", "labshare.events"),
             "queue_prefix": env.get("LABSHARE_QUEUE_PREFIX", "labshare"),
             "relay_interval": float(env.get("LABSHARE_RELAY_INTERVAL", "0.2")),
+            "broker_heartbeat": int(env.get("LABSHARE_BROKER_HEARTBEAT", "10")),
+            "health_outbox_age": float(env.get("LABSHARE_HEALTH_OUTBOX_AGE", "30")),
             "log_level": env.get("LABSHARE_LOG_LEVEL", "INFO"),
         }
         if env.get("LABSHARE_DEV_SECRET"):

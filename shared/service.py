@@ -72,7 +72,7 @@ class Runtime:
         db = Database(settings.database_url_for(name), settings.schema_for(name))
         outbox, inbox = metadata.tables["outbox"], metadata.tables["inbox"]
         events = EventWriter(name, outbox)
-        relay = Relay(settings, db, outbox)
+        relay = Relay(settings, db, outbox, service=name)
         relay.wake = events.wake
         runtime = cls(name, settings, db, events, relay, inbox)
         if handlers is not None:
