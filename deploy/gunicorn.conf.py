@@ -13,6 +13,8 @@ Environment (all optional):
 - ``LABSHARE_MAX_REQUESTS`` (1000) and ``LABSHARE_MAX_REQUESTS_JITTER`` (100): recycle workers
 - ``LABSHARE_LOG_LEVEL``: ``INFO`` by default
 - ``LABSHARE_FORWARDED_ALLOW_IPS``: proxies trusted for X-Forwarded-* (``127.0.0.1,::1``)
+- ``PROMETHEUS_MULTIPROC_DIR``: a directory for prometheus-client's multiprocess mode, so that
+  ``/metrics`` adds up the counters of every worker; emptied when gunicorn starts
 
 The access log goes to standard output, one JSON object per line; gunicorn's own
 messages go to standard error.
@@ -138,6 +140,9 @@ class JsonAccessLogger(_glogging.Logger):
         atoms = super().atoms(resp, req, environ, request_time)
         atoms["B"] = atoms.get("B") or 0
         atoms["p"] = _os.getpid()
+        if atoms.get("{x-request-id}i", "-") == "-":
+            # no id came in: log the one the app made up and returned
+            atoms["{x-request-id}i"] = atoms.get("{x-request-id}o", "-")
         if not str(atoms.get("s", "")).isdigit():
             atoms["s"] = 0
         return atoms
@@ -147,6 +152,24 @@ logger_class = JsonAccessLogger
 
 
 # ---- hooks -----------------------------------------------------------------------------
+def on_starting(server) -> None:
+    """In multiprocess metrics mode, start from an empty directory: an earlier run's counters must not count."""
+    directory = _os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if directory:
+        path = _Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+
+
+def child_exit(server, worker) -> None:
+    """Tell prometheus-client that a worker is gone (its live gauges drop out; its counters stay)."""
+    if _os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
 def post_fork(server, worker) -> None:
     """Only logs: the app opens its own database and broker pools lazily in each worker."""
     server.log.info("worker %s started", worker.pid)

@@ -40,19 +40,26 @@ def _problem(status: int, title: str, detail: str) -> Response:
 
 
 class Gateway:
-    """A WSGI app dispatching by path prefix; ``/healthz`` is 200 only when every service is healthy."""
+    """A WSGI app dispatching by path prefix.
+
+    ``/healthz`` is 503 ("down") when any service is down (its ``/healthz`` is not
+    200), else 200: "degraded" when any service says so (it serves, but its events
+    are held up), "ok" when all do.
+    """
 
     def __init__(self, apps: dict[str, Flask]) -> None:
         self.apps = apps
 
     def _health(self) -> Response:
-        report, healthy = {}, True
+        report, down, degraded = {}, False, False
         for name, app in self.apps.items():
             resp = app.test_client().get("/healthz")
             report[name] = resp.get_json(silent=True) or {"status": resp.status_code}
-            healthy = healthy and resp.status_code == 200
-        body = {"status": "ok" if healthy else "degraded", "services": report}
-        return Response(json.dumps(body), status=200 if healthy else 503, mimetype="application/json")
+            down = down or resp.status_code != 200
+            degraded = degraded or report[name].get("status") != "ok"
+        status = "down" if down else "degraded" if degraded else "ok"
+        body = {"status": status, "services": report}
+        return Response(json.dumps(body), status=503 if down else 200, mimetype="application/json")
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

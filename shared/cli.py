@@ -7,8 +7,9 @@ import json
 import logging
 from collections.abc import Callable
 
-from shared import tracing
+from shared import metrics, tracing
 from shared.config import Settings
+from shared.health import ServiceHealth
 from shared.migrate import upgrade
 from shared.service import Runtime, run_loops
 
@@ -48,9 +49,15 @@ def configure_logging(settings: Settings) -> None:
 
 
 def service_main(name: str, build_runtime: Callable[[Settings], Runtime], argv: list[str] | None = None) -> None:
-    """``migrate`` the schema; run the outbox ``relay``, the event ``consume``r, or both (``worker``)."""
+    """``migrate`` the schema; run the outbox ``relay``, the event ``consume``r, or both (``worker``).
+
+    ``--metrics-port N`` serves the process's Prometheus metrics at ``http://<host>:N/metrics``.
+    """
     parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
     parser.add_argument("command", choices=["migrate", "relay", "consume", "worker"])
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (relay, consume, worker)")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics port (default 0.0.0.0)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings)
@@ -65,4 +72,7 @@ def service_main(name: str, build_runtime: Callable[[Settings], Runtime], argv: 
         "consume": [runtime.consumer.run] if runtime.consumer else [],
         "worker": runtime.workers(),
     }[args.command]
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_port, args.metrics_host, [ServiceHealth(runtime).collector()])
+        logging.getLogger(__name__).info("metrics at http://%s:%d/metrics", args.metrics_host, args.metrics_port)
     run_loops(loops)

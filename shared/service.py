@@ -21,8 +21,10 @@ from shared.config import Settings
 from shared.db import Database
 from shared.errors import install_error_handlers
 from shared.events import make_event
+from shared.health import ServiceHealth
 from shared.http import json_response
 from shared.messaging import EventConsumer, EventHandler, Relay
+from shared.metrics import exposition, install_http_metrics
 from shared.openapi import ApiDoc
 from shared.outbox import add_event
 
@@ -92,9 +94,11 @@ class Runtime:
 def create_service_app(
     runtime: Runtime, blueprints: Iterable[Blueprint], doc: ApiDoc, extra_health: Callable[[], dict] | None = None
 ) -> Flask:
-    """A Flask app with the shared conventions: problem+json, auth, size limit, health, OpenAPI.
+    """A Flask app with the shared conventions.
 
-    Per request an ``X-Request-Id`` (the caller's or a new one, returned) whose
+    problem+json errors, auth, a body size limit, ``/healthz`` (ok, degraded or
+    down: see ``shared.health``), ``/metrics`` (Prometheus), ``/openapi.json``, and
+    per request an ``X-Request-Id`` (the caller's or a new one, returned) whose
     trace every log line and every emitted event carries (``shared.tracing``).
     """
     app = Flask(f"labshare.{runtime.name}")
@@ -102,7 +106,10 @@ def create_service_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["labshare.settings"] = runtime.settings
     app.extensions["labshare.runtime"] = runtime
+    health = ServiceHealth(runtime)
+    app.extensions["labshare.health"] = health
     install_request_tracing(app)
+    install_http_metrics(app, runtime.name)
     install_error_handlers(app)
     install_auth(app, runtime.settings)
     for bp in blueprints:
@@ -111,15 +118,14 @@ def create_service_app(
 
     @app.get("/healthz")
     def healthz():
-        rt: Runtime = current_app.extensions["labshare.runtime"]
-        db_ok = rt.db.ping()
-        body: dict[str, Any] = {"service": rt.name, "database": "ok" if db_ok else "down"}
-        if db_ok:
-            body["outbox_backlog"] = rt.relay.backlog()
-        if extra_health:
+        body, status = health.report()
+        if extra_health and status == 200:
             body.update(extra_health())
-        body["status"] = "ok" if db_ok else "down"
-        return json_response(body, 200 if db_ok else 503)
+        return json_response(body, status)
+
+    @app.get("/metrics")
+    def metrics():
+        return exposition([health.collector()])
 
     @app.after_request
     def _no_sniff(resp):

@@ -13,6 +13,8 @@ import subprocess
 import uuid
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import infra
 from tests.e2e.helpers import (
@@ -58,8 +60,12 @@ class Deployment:
         self.ports = {name: free_port() for name in SERVICES}
         self.apis = {name: Api(f"http://127.0.0.1:{port}") for name, port in self.ports.items()}
         for name, port in self.ports.items():
+            # prometheus-client's multiprocess mode, as deploy/gunicorn.conf.py documents it
+            metrics_dir = procs.log_dir.parent / f"metrics-{name}"
+            metrics_dir.mkdir(parents=True, exist_ok=True)
             procs.start(f"{name}-api", [GUNICORN, "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
-                                        f"services.{name}.app:create_app()"], self.env)
+                                        f"services.{name}.app:create_app()"],
+                        {**self.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
         for name in SERVICES:
             procs.start(f"{name}-relay", [PYTHON, "-m", f"services.{name}", "relay"], self.env)
         self.consumers = {name: self.start_consumer(name) for name in CONSUMERS}
@@ -67,7 +73,11 @@ class Deployment:
             wait_until(api.healthy, STARTUP_SECONDS, f"{name} (gunicorn) to answer /healthz with 200", procs)
 
     def start_consumer(self, name: str):
-        return self.procs.start(f"{name}-consumer", [PYTHON, "-m", f"services.{name}", "consume"], self.env)
+        self.metrics_ports = getattr(self, "metrics_ports", {})
+        self.metrics_ports[name] = free_port()
+        return self.procs.start(f"{name}-consumer", [PYTHON, "-m", f"services.{name}", "consume", "--metrics-port",
+                                                     str(self.metrics_ports[name]), "--metrics-host", "127.0.0.1"],
+                                self.env)
 
     @property
     def inventory(self) -> Api:
@@ -201,6 +211,40 @@ def test_nothing_is_lost_while_the_booking_consumer_is_down(deployment):
     booking = expect(book.post("/api/v1/bookings", tok["ada"],
                                booking_body(second["id"], start, start + dt.timedelta(hours=1))), 201)
     assert booking["status"] == "confirmed"
+
+
+def _sample(body: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
+
+
+def test_metrics_add_up_every_gunicorn_worker_and_the_consumer_has_its_own(deployment):
+    book = deployment.booking
+    token = tokens(deployment.inventory)["ada"]
+    route = {"service": "booking", "method": "GET", "route": "/api/v1/bookings", "status": "200"}
+
+    def scraped() -> float:
+        resp = book.get("/metrics")
+        assert resp.status_code == 200, resp.text
+        return _sample(resp.text, "labshare_http_requests_total", **route)
+
+    before = scraped()
+    for _ in range(10):
+        book.http.close()  # a new connection each time, so both workers answer some
+        expect(book.get("/api/v1/bookings?mine=true", token), 200)
+    # Whichever worker answers the scrape, it reports the requests of both.
+    assert {scraped() - before for _ in range(6)} == {10.0}
+
+    health = expect(book.get("/healthz"), 200)
+    assert health["status"] == "ok" and health["broker"] == "ok", health
+    consumer = requests.get(f"http://127.0.0.1:{deployment.metrics_ports['booking']}/metrics", timeout=5).text
+    assert _sample(consumer, "labshare_events_consumed_total", service="booking", type="resource.created") >= 1
+    assert _sample(consumer, "labshare_consumer_queue_ready", service="booking") == 0
+    assert _sample(consumer, "labshare_broker_up", service="booking") == 1
 
 
 def test_every_process_stops_cleanly_on_sigterm(deployment):
