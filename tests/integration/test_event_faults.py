@@ -5,6 +5,8 @@
   broker keeps running for everybody else);
 - a connection that goes silent without closing (half-dead TCP), found by heartbeats;
 - a consumer process killed with SIGKILL while it works through a burst;
+- the consumer's database gone for a few seconds (the same proxy, in front of
+  PostgreSQL): the messages wait, none is parked;
 - poison messages parked in the dead-letter queue after bounded retries while the
   ones behind them go on; and RabbitMQ's own bound, ``x-delivery-limit``.
 
@@ -47,7 +49,7 @@ pytestmark = pytest.mark.integration
 
 
 class BrokerProxy:
-    """Forwards 127.0.0.1:<port> to RabbitMQ; can sever, refuse and silence connections."""
+    """Forwards 127.0.0.1:<port> to RabbitMQ (or ``target``); can sever, refuse and silence connections."""
 
     def __init__(self, target: tuple[str, int] = (infra.AMQP_HOST, 5672)) -> None:
         self.target = target
@@ -64,9 +66,9 @@ class BrokerProxy:
         self.accepted = 0
         threading.Thread(target=self._accept_loop, daemon=True, name="broker-proxy").start()
 
-    def url(self, amqp_url: str) -> str:
-        """``amqp_url`` with its port replaced by the proxy's."""
-        return amqp_url.replace(f":{self.target[1]}/", f":{self.port}/", 1)
+    def url(self, url: str) -> str:
+        """``url`` with the target's port replaced by the proxy's."""
+        return url.replace(f":{self.target[1]}/", f":{self.port}/", 1)
 
     def _accept_loop(self) -> None:
         while not self.closed:
@@ -409,7 +411,52 @@ def test_consumer_killed_mid_batch_applies_every_event_once(rabbit_vhost, pg_url
         _drop_queues(settings)
 
 
-# -- 4. poison messages and the delivery limit --------------------------------------------------------
+# -- 4. the consumer's database away ------------------------------------------------------------------
+
+
+def test_a_database_outage_parks_nothing(rabbit_vhost, pg_url, sql):
+    from services.booking.app import build_runtime
+
+    assert ":5432/" in pg_url
+    db_proxy = BrokerProxy(target=("127.0.0.1", 5432))
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(database_url=pg_url, broker_url=rabbit_vhost, exchange=f"labshare.events.{tag}",
+                        queue_prefix=f"dbout{tag}")
+    upgrade("booking", settings)
+    runtime = build_runtime(settings.replace(database_url=db_proxy.url(pg_url)))
+    stop = threading.Event()
+    thread = threading.Thread(target=runtime.consumer.run, args=(stop,), daemon=True)
+    thread.start()
+    queue = f"{settings.queue_prefix}.booking"
+    applied = lambda: sql.scalar("SELECT count(*) FROM booking.inbox")  # noqa: E731
+    try:
+        wait(lambda: runtime.consumer.connected, 15, "the consumer to connect")
+        messages, event_ids, resource_ids = _inventory_events(40)
+        eventtap.publish(rabbit_vhost, settings.exchange, messages[:11])
+        wait(lambda: applied() == 11, 15, "the first events to be applied")
+        db_proxy.sever()
+        db_proxy.refuse()
+        eventtap.publish(rabbit_vhost, settings.exchange, messages[11:13])
+        # Longer than all the retries of two failing messages would take (2 x 1.55 s of pauses).
+        time.sleep(5)
+        assert applied() == 11
+        assert eventtap.queue_counts(rabbit_vhost, f"{queue}.dead")[0] == 0, "an outage is not a poison message"
+        db_proxy.accept()
+        eventtap.publish(rabbit_vhost, settings.exchange, messages[13:])
+        wait(lambda: applied() == len(event_ids), 30, "the rest once the database is back")
+        assert sorted(r[0] for r in sql.all("SELECT event_id FROM booking.inbox")) == sorted(event_ids)
+        assert sorted(r[0] for r in sql.all("SELECT id FROM booking.resource_views")) == sorted(resource_ids)
+        assert eventtap.queue_counts(rabbit_vhost, f"{queue}.dead")[0] == 0
+    finally:
+        stop.set()
+        db_proxy.accept()
+        thread.join(20)
+        runtime.db.dispose()
+        db_proxy.close()
+        _drop_queues(settings)
+
+
+# -- 5. poison messages and the delivery limit --------------------------------------------------------
 
 
 def test_poison_messages_are_parked_and_the_rest_go_on(rabbit_vhost, pg_url, sql):
