@@ -69,7 +69,8 @@ def service_main(name: str, build_runtime: Callable[[Settings], Runtime], argv: 
         parser.error(f"{name} consumes no events")
     loops = {
         "relay": [runtime.relay.run],
-        "consume": [runtime.consumer.run] if runtime.consumer else [],
+        # A service's own loops (reminders, deliveries) act on what its consumer stores, so they run with it.
+        "consume": ([runtime.consumer.run] if runtime.consumer else []) + runtime.loops,
         "worker": runtime.workers(),
     }[args.command]
     if args.metrics_port is not None:

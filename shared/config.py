@@ -54,6 +54,16 @@ class Settings:
     health_broker_interval: float = 5.0
     max_body_bytes: int = 1024 * 1024
     log_level: str = "INFO"
+    #: Sender of notify's e-mail; default ``labshare <noreply@<public host>>``.
+    mail_from: str | None = None
+    #: Default minutes before a booking's start that its owner is reminded (users may choose their own).
+    reminder_minutes: int = 60
+    #: Pauses (seconds) before each retry of a failed e-mail or webhook delivery; then it is dead.
+    retry_seconds: tuple[float, ...] = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 3600)
+    #: Seconds between notify's polls for due reminders and deliveries (they are also woken by new work).
+    notify_interval: float = 1.0
+    #: Timeout in seconds of one SMTP conversation or webhook call.
+    delivery_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -82,7 +92,16 @@ class Settings:
             "broker_heartbeat": int(env.get("LABSHARE_BROKER_HEARTBEAT", "10")),
             "health_outbox_age": float(env.get("LABSHARE_HEALTH_OUTBOX_AGE", "30")),
             "log_level": env.get("LABSHARE_LOG_LEVEL", "INFO"),
+            "mail_from": env.get("LABSHARE_MAIL_FROM") or None,
         }
+        if env.get("LABSHARE_REMINDER_MINUTES"):
+            values["reminder_minutes"] = int(env["LABSHARE_REMINDER_MINUTES"])
+        if env.get("LABSHARE_RETRY_SECONDS"):
+            values["retry_seconds"] = tuple(float(x) for x in env["LABSHARE_RETRY_SECONDS"].split(",") if x.strip())
+        if env.get("LABSHARE_NOTIFY_INTERVAL"):
+            values["notify_interval"] = float(env["LABSHARE_NOTIFY_INTERVAL"])
+        if env.get("LABSHARE_DELIVERY_TIMEOUT"):
+            values["delivery_timeout"] = float(env["LABSHARE_DELIVERY_TIMEOUT"])
         if env.get("LABSHARE_DEV_SECRET"):
             values["dev_secret"] = env["LABSHARE_DEV_SECRET"]
         values.update(overrides)
