@@ -6,6 +6,8 @@ import argparse
 import logging
 import signal
 import threading
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from werkzeug.serving import make_server
 
@@ -27,6 +29,7 @@ labshare is running at {url}  (Ctrl-C stops it)
 
   Data:    {data}
   Broker:  {broker}
+  Mail:    {mail}
 
 Get a development token (dev mode only) and call the API:
 
@@ -37,6 +40,14 @@ Get a development token (dev mode only) and call the API:
 
 Demo users: {users}.  API documents: {url}/api/v1/openapi/booking.json (and inventory, notify).
 """
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password, fit for a banner."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 def migrate_all(settings: Settings) -> None:
@@ -87,6 +98,8 @@ def run(settings: Settings, host: str = "127.0.0.1") -> None:
             url=f"http://{host}:{settings.port}",
             data=settings.database_url or settings.data_dir,
             broker="in-process" if settings.broker_is_memory else settings.broker_url,
+            mail=_redacted(settings.smtp_url) if settings.smtp_url
+            else f"the Maildir {Path(settings.data_dir) / 'mail'} (no LABSHARE_SMTP_URL)",
             users=", ".join(demo.USERS),
         ),
         flush=True,
