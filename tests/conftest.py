@@ -35,9 +35,9 @@ def pg_url():
     infra.drop_database(url)
 
 
-def postgres_settings(pg_url: str, amqp_url: str) -> Settings:
+def postgres_settings(pg_url: str, amqp_url: str, data_dir: str = "./var") -> Settings:
     """PostgreSQL (one schema per service) and RabbitMQ, with queue names of this test's own."""
-    return Settings(database_url=pg_url, broker_url=amqp_url, dev_mode=True,
+    return Settings(database_url=pg_url, broker_url=amqp_url, dev_mode=True, data_dir=data_dir,
                     exchange=f"labshare.events.{uuid.uuid4().hex[:8]}", queue_prefix=f"t{uuid.uuid4().hex[:8]}",
                     relay_interval=0.05)
 
@@ -64,11 +64,32 @@ def stack(request, tmp_path):
         return
     amqp = request.getfixturevalue("rabbit_vhost")
     db = request.getfixturevalue("pg_url")
-    settings = postgres_settings(db, amqp)
+    settings = postgres_settings(db, amqp, str(tmp_path / "var"))
     s = Stack(settings)
     yield s
     s.close()
     _drop_queues(settings)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_stack(request, tmp_path):
+    """Like ``stack``, with settings of the test's own: ``make_stack(smtp_url=..., retry_seconds=...)``."""
+    if request.param == "sqlite":
+        base = sqlite_settings(tmp_path)
+    else:
+        base = postgres_settings(request.getfixturevalue("pg_url"), request.getfixturevalue("rabbit_vhost"),
+                                 str(tmp_path / "var"))
+    made: list[Stack] = []
+
+    def make(**overrides) -> Stack:
+        made.append(Stack(base.replace(**overrides)))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+        if request.param == "postgres":
+            _drop_queues(s.settings)
 
 
 @pytest.fixture
