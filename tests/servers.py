@@ -42,6 +42,8 @@ class Received:
     rcpt_tos: tuple[str, ...]
     data: bytes
     at: float
+    #: Wall-clock time of arrival, comparable across processes.
+    wall: float
 
     @property
     def message(self) -> EmailMessage:
@@ -64,7 +66,8 @@ class MailSink:
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd's hook name)
         with self._lock:
             self.received.append(
-                Received(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.content, time.perf_counter())
+                Received(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.content, time.perf_counter(),
+                         time.time())
             )
         return "250 Message accepted for delivery"
 
@@ -98,6 +101,8 @@ class Hit:
     body: bytes
     status: int
     at: float
+    #: Wall-clock time of arrival, comparable across processes.
+    wall: float
 
 
 class WebhookSink:
@@ -116,7 +121,8 @@ class WebhookSink:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 status = sink._status(self.path)
                 with sink._lock:
-                    sink.hits.append(Hit(self.path, dict(self.headers.items()), body, status, time.perf_counter()))
+                    sink.hits.append(Hit(self.path, dict(self.headers.items()), body, status, time.perf_counter(),
+                                         time.time()))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
