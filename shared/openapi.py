@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint
@@ -91,10 +92,10 @@ class ApiDoc:
                     "default": PROBLEM,
                 },
             }
+            # A segment may hold more than the parameter, e.g. "{resource_id}.ics".
             params = [
-                {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-                for seg in op["path"].split("/")
-                if seg.startswith("{")
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in re.findall(r"\{([^}/]+)\}", op["path"])
             ]
             params += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}}
                        for q in op["query"]]
