@@ -6,6 +6,7 @@ from flask import Flask
 
 from services.booking.api import bp, doc
 from services.booking.consumers import handlers
+from services.booking.feeds import bp as feeds_bp
 from services.booking.store import Base
 from shared.config import Settings
 from shared.service import Runtime, create_service_app
@@ -20,4 +21,4 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
     """The booking API (``gunicorn 'services.booking.app:create_app()'``)."""
-    return create_service_app(runtime or build_runtime(settings), [bp], doc)
+    return create_service_app(runtime or build_runtime(settings), [bp, feeds_bp], doc)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from services.booking.domain import LIVE
+from services.booking.feed_render import PAST
 from services.booking.store import (
     Booking,
     LabView,
     OutageView,
     QualificationView,
     ResourceView,
+    bump_feeds,
+    bump_feeds_of_lab,
+    bump_feeds_of_resource,
     load_place,
     lock_resource,
 )
@@ -26,12 +31,28 @@ def _newer(row, data: dict[str, Any]) -> bool:
     return row is None or int(data.get("version", 0)) >= row.version
 
 
+def _lab_face(row: LabView | None) -> tuple | None:
+    """What the calendar feeds show of a lab."""
+    return row and (row.name, row.timezone, row.show_titles, (row.data or {}).get("building"))
+
+
+def _resource_face(row: ResourceView | None) -> tuple | None:
+    """What the calendar feeds show of a resource (a retired one's feed answers 410)."""
+    return row and (row.name, row.status, row.lab_id)
+
+
+def _feeds_since() -> dt.datetime:
+    """Bookings ending before this are in no feed's window (with a day to spare)."""
+    return now() - PAST - dt.timedelta(days=1)
+
+
 def upsert_lab(session: Session, event: dict[str, Any]) -> None:
     """``lab.created`` / ``lab.updated``: keep the newest version."""
     data = event["data"]
     row = session.get(LabView, data["id"])
     if not _newer(row, data):
         return
+    before = _lab_face(row)
     if row is None:
         row = LabView(id=data["id"])
         session.add(row)
@@ -40,6 +61,8 @@ def upsert_lab(session: Session, event: dict[str, Any]) -> None:
     row.show_titles = bool(data.get("show_titles"))
     row.version = int(data.get("version", 0))
     row.data = data
+    if _lab_face(row) != before:
+        bump_feeds_of_lab(session, row.id, _feeds_since())
 
 
 def upsert_resource(session: Session, event: dict[str, Any]) -> None:
@@ -48,6 +71,7 @@ def upsert_resource(session: Session, event: dict[str, Any]) -> None:
     row = session.get(ResourceView, data["id"])
     if not _newer(row, data):
         return
+    before = _resource_face(row)
     if row is None:
         row = ResourceView(id=data["id"])
         session.add(row)
@@ -55,6 +79,8 @@ def upsert_resource(session: Session, event: dict[str, Any]) -> None:
     row.status, row.policy, row.rates = data["status"], data["policy"], data.get("rates") or {}
     row.version = int(data.get("version", 0))
     row.data = data
+    if _resource_face(row) != before:
+        bump_feeds_of_resource(session, row.id, row.lab_id, _feeds_since())
 
 
 def upsert_qualification(session: Session, event: dict[str, Any]) -> None:
@@ -80,6 +106,7 @@ def drop_qualification(session: Session, event: dict[str, Any]) -> None:
 def drop_outage(session: Session, event: dict[str, Any]) -> None:
     """``outage.deleted``: the time is bookable again."""
     session.execute(delete(OutageView).where(OutageView.id == event["data"]["id"]))
+    bump_feeds(session, resources=[event["data"]["resource_id"]])  # its free/busy feed shows outages
 
 
 def handlers(rt: Runtime) -> dict[str, EventHandler]:
@@ -105,6 +132,7 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
             ).with_for_update()
         )
         stamp = now()
+        clashing = list(clashing)
         for booking in clashing:
             booking.status = "cancelled"
             booking.cancel_reason = "outage"
@@ -114,6 +142,9 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
             snap = booking.snapshot(place)
             snap["outage"] = {"id": data["id"], "reason": data.get("reason") or ""}
             rt.events.emit(session, "booking.cancelled", snap, subject=booking.id)
+        # The resource's feed even when nothing was cancelled: its free/busy shows outages.
+        bump_feeds(session, resources=[data["resource_id"]], labs=[b.lab_id for b in clashing],
+                   users=[b.user_sub for b in clashing])
 
     return {
         "lab.created": upsert_lab,

@@ -203,6 +203,7 @@ def _create_once(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[str
                 rt.events.emit(session, "booking.created", snap, subject=row.id)
                 if status == "confirmed":
                     rt.events.emit(session, "booking.confirmed", snap, subject=row.id)
+            store.bump_feeds_for(session, rows)
             result = rows[0].snapshot(place)
             if series_id:
                 result["occurrences"] = [r.id for r in rows]
@@ -266,6 +267,7 @@ def update_booking(rt: Runtime, user: Principal, booking_id: str, changes: dict[
             session.flush()
             snap = booking.snapshot(place)
             rt.events.emit(session, "booking.updated", snap, subject=booking.id)
+            store.bump_feeds_for(session, [booking])
     except IntegrityError as exc:
         if not is_overlap(exc):
             raise
@@ -309,6 +311,7 @@ def _transition(
         session.flush()
         snap = booking.snapshot(place)
         rt.events.emit(session, event, snap, subject=booking.id)
+        store.bump_feeds_for(session, [booking])
     rt.events.committed()
     return snap
 
@@ -351,6 +354,7 @@ def check_in(rt: Runtime, user: Principal, booking_id: str) -> dict[str, Any]:
             booking.updated_at = t
             session.flush()
             rt.events.emit(session, "booking.checked_in", booking.snapshot(place), subject=booking.id)
+            store.bump_feeds_for(session, [booking])
         snap = booking.snapshot(place)
     rt.events.committed()
     return snap

@@ -7,7 +7,7 @@ Besides its own bookings, the service keeps a read model of inventory
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -16,19 +16,24 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Row,
     String,
     Text,
     and_,
+    delete,
     or_,
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.booking.domain import LIVE, Interval, Place, Policy
 from shared.db import UTCDateTime
 from shared.outbox import define_outbox
 from shared.timeutil import iso, parse_rfc3339
+from shared.timeutil import now as utcnow
 
 
 class Base(DeclarativeBase):
@@ -305,3 +310,207 @@ def managed_lab_ids(session: Session, sub: str) -> set[str]:
     """Labs whose manager list names ``sub``."""
     rows = session.execute(select(LabView.id, LabView.managers)).all()
     return {lab_id for lab_id, managers in rows if any(m.get("sub") == sub for m in managers or [])}
+
+
+# -- calendar feeds ---------------------------------------------------------------------------------
+
+
+class FeedVersion(Base):
+    """How often a feed's content has changed, bumped in the same transaction as each change it shows.
+
+    ``scope`` is ``resource``, ``lab`` or ``user`` and ``key`` that entity's id (a
+    user's ``sub``). A feed's ETag and Last-Modified come from this row, so a
+    conditional request is answered without reading a single booking.
+    """
+
+    __tablename__ = "feed_versions"
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class FeedToken(Base):
+    """The secret in a user's personal feed URL, kept only as its SHA-256; one per user."""
+
+    __tablename__ = "feed_tokens"
+    user_sub: Mapped[str] = mapped_column(String(200), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+#: The order feed rows are bumped in. Every writer takes their row locks in this one
+#: order (scope, then key), so two transactions can wait on each other but never deadlock.
+FEED_SCOPES = ("resource", "lab", "user")
+
+#: The columns a feed shows of a booking, in ``feed_render.Entry`` order.
+FEED_COLUMNS = (
+    Booking.id,
+    Booking.resource_id,
+    Booking.title,
+    Booking.project,
+    Booking.start_at,
+    Booking.end_at,
+    Booking.status,
+    Booking.sequence,
+    Booking.updated_at,
+)
+
+
+def _upsert(session: Session, table):
+    """The dialect's INSERT that supports ``on_conflict_do_update`` (PostgreSQL or SQLite)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert(table)
+    return sqlite_insert(table)
+
+
+def bump_feeds(
+    session: Session,
+    *,
+    resources: Iterable[str] = (),
+    labs: Iterable[str] = (),
+    users: Iterable[str] = (),
+    at: dt.datetime | None = None,
+) -> None:
+    """Mark the feeds of these resources, labs and users changed: one multi-row upsert.
+
+    Call it last in the write transaction, so the rows stay locked only until the commit.
+    """
+    stamp = at or utcnow()
+    keys = {"resource": resources, "lab": labs, "user": users}
+    rows = [
+        {"scope": scope, "key": key, "version": 1, "changed_at": stamp}
+        for scope in FEED_SCOPES
+        for key in sorted({k for k in keys[scope] if k})
+    ]
+    if not rows:
+        return
+    table = FeedVersion.__table__
+    stmt = _upsert(session, table).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.scope, table.c.key],
+        set_={"version": table.c.version + 1, "changed_at": stmt.excluded.changed_at},
+    )
+    session.execute(stmt)
+
+
+def bump_feeds_for(session: Session, bookings: Iterable[Booking]) -> None:
+    """Mark changed the feeds that show these bookings: their resources, labs and owners."""
+    bookings = list(bookings)
+    bump_feeds(
+        session,
+        resources=[b.resource_id for b in bookings],
+        labs=[b.lab_id for b in bookings],
+        users=[b.user_sub for b in bookings],
+    )
+
+
+def _feed_users(session: Session, since: dt.datetime, *conditions) -> list[str]:
+    return list(session.scalars(select(Booking.user_sub).where(Booking.end_at > since, *conditions).distinct()))
+
+
+def bump_feeds_of_resource(session: Session, resource_id: str, lab_id: str, since: dt.datetime) -> None:
+    """After the read model's resource changed (name, status): its feed, its lab's and its users'."""
+    users = _feed_users(session, since, Booking.resource_id == resource_id)
+    bump_feeds(session, resources=[resource_id], labs=[lab_id], users=users)
+
+
+def bump_feeds_of_lab(session: Session, lab_id: str, since: dt.datetime) -> None:
+    """After the read model's lab changed (name, building, zone, titles): every feed showing it."""
+    resources = session.scalars(select(ResourceView.id).where(ResourceView.lab_id == lab_id))
+    users = _feed_users(session, since, Booking.lab_id == lab_id)
+    bump_feeds(session, resources=resources, labs=[lab_id], users=users)
+
+
+def _version_of(scope: str, key_column):
+    return and_(FeedVersion.scope == scope, FeedVersion.key == key_column)
+
+
+def resource_feed_state(session: Session, resource_id: str):
+    """``(status, policy, lab_id, version, changed_at)`` of a resource's feed, or None."""
+    return session.execute(
+        select(ResourceView.status, ResourceView.policy, ResourceView.lab_id, FeedVersion.version,
+               FeedVersion.changed_at)
+        .outerjoin(FeedVersion, _version_of("resource", ResourceView.id))
+        .where(ResourceView.id == resource_id)
+    ).first()
+
+
+def lab_feed_state(session: Session, lab_id: str):
+    """``(name, version, changed_at)`` of a lab's feed, or None."""
+    return session.execute(
+        select(LabView.name, FeedVersion.version, FeedVersion.changed_at)
+        .outerjoin(FeedVersion, _version_of("lab", LabView.id))
+        .where(LabView.id == lab_id)
+    ).first()
+
+
+def lab_policies(session: Session, lab_id: str) -> list[dict[str, Any]]:
+    """The policies of a lab's resources (for the horizon of its feed)."""
+    return list(session.scalars(select(ResourceView.policy).where(ResourceView.lab_id == lab_id)))
+
+
+def user_feed_state(session: Session, token_hash: str):
+    """``(user_sub, token_hash, version, changed_at)`` of the feed a token opens, or None."""
+    return session.execute(
+        select(FeedToken.user_sub, FeedToken.token_hash, FeedVersion.version, FeedVersion.changed_at)
+        .outerjoin(FeedVersion, _version_of("user", FeedToken.user_sub))
+        .where(FeedToken.token_hash == token_hash)
+    ).first()
+
+
+def set_feed_token(session: Session, user_sub: str, token_hash: str, at: dt.datetime) -> None:
+    """Give a user a new feed token; the old one stops working with this transaction."""
+    table = FeedToken.__table__
+    stmt = _upsert(session, table).values(user_sub=user_sub, token_hash=token_hash, created_at=at)
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=[table.c.user_sub],
+        set_={"token_hash": stmt.excluded.token_hash, "created_at": stmt.excluded.created_at},
+    ))
+
+
+def drop_feed_token(session: Session, user_sub: str) -> bool:
+    """Revoke a user's feed token; False when there was none."""
+    return session.execute(delete(FeedToken).where(FeedToken.user_sub == user_sub)).rowcount > 0
+
+
+def feed_bookings(
+    session: Session,
+    start: dt.datetime,
+    end: dt.datetime,
+    longest: dt.timedelta,
+    *,
+    resource_id: str | None = None,
+    lab_id: str | None = None,
+    user_sub: str | None = None,
+) -> list[Row]:
+    """``FEED_COLUMNS`` of the bookings overlapping ``[start, end)`` of one resource, lab or user.
+
+    ``longest`` bounds how long before ``start`` a booking can begin and still
+    overlap, so the (resource|lab|user, start_at) index reads only the window.
+    """
+    stmt = select(*FEED_COLUMNS).where(
+        Booking.start_at < end, Booking.start_at > start - longest, Booking.end_at > start
+    )
+    if resource_id is not None:
+        stmt = stmt.where(Booking.resource_id == resource_id)
+    if lab_id is not None:
+        stmt = stmt.where(Booking.lab_id == lab_id)
+    if user_sub is not None:
+        stmt = stmt.where(Booking.user_sub == user_sub)
+    return list(session.execute(stmt.order_by(Booking.start_at, Booking.id)))
+
+
+def feed_places(
+    session: Session, *, resource_ids: Iterable[str] = (), lab_id: str | None = None
+) -> list[Row]:
+    """``(resource_id, resource_name, lab_id, lab_name, lab_data, timezone, show_titles)`` for feeds."""
+    stmt = select(
+        ResourceView.id, ResourceView.name, ResourceView.lab_id, LabView.name, LabView.data, LabView.timezone,
+        LabView.show_titles,
+    ).outerjoin(LabView, LabView.id == ResourceView.lab_id)
+    if lab_id is not None:
+        stmt = stmt.where(ResourceView.lab_id == lab_id)
+    else:
+        stmt = stmt.where(ResourceView.id.in_(sorted(set(resource_ids))))
+    return list(session.execute(stmt))

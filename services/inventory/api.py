@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.inventory import handlers, store
 from shared.auth import current_user
+from shared.calendar import feed_links
 from shared.http import Timestamp, json_response, page, page_params, parse_body, query_choice, query_time
 from shared.openapi import ApiDoc
 from shared.service import runtime_of
@@ -25,6 +26,23 @@ bp = Blueprint("inventory", __name__)
 def _authenticate() -> None:
     """Every route here needs a valid bearer token, checked before the body is read."""
     current_user()
+
+
+def _with_feed(kind: str, entity: dict) -> dict:
+    """The entity with the ``feed_url`` and ``webcal_url`` of its public calendar feed.
+
+    Added to API answers only, not to event snapshots: the links depend on where
+    labshare is served (``LABSHARE_PUBLIC_URL``), not on the entity.
+    """
+    return {**entity, **feed_links(runtime_of().settings, kind, entity["id"])}
+
+
+def _lab(entity: dict) -> dict:
+    return _with_feed("labs", entity)
+
+
+def _resource(entity: dict) -> dict:
+    return _with_feed("resources", entity)
 
 
 class Strict(BaseModel):
@@ -127,7 +145,7 @@ class QualificationIn(Strict):
 def create_lab() -> Response:
     """Managers and admins register a lab."""
     body = parse_body(LabIn)
-    lab = handlers.create_lab(runtime_of(), current_user(), body.model_dump())
+    lab = _lab(handlers.create_lab(runtime_of(), current_user(), body.model_dump()))
     return json_response(lab, 201, {"Location": f"/api/v1/labs/{lab['id']}"})
 
 
@@ -138,14 +156,14 @@ def list_labs() -> Response:
     limit, cursor = page_params()
     with runtime_of().db.read() as session:
         rows = store.list_labs(session, request.args.get("org"), limit, cursor)
-        return json_response(page([r.snapshot() for r in rows], limit, lambda x: [x["name"], x["id"]]))
+        return json_response(page([_lab(r.snapshot()) for r in rows], limit, lambda x: [x["name"], x["id"]]))
 
 
 @doc.op("get", "/api/v1/labs/{lab_id}", "Get a lab")
 @bp.get("/api/v1/labs/<lab_id>")
 def get_lab(lab_id: str) -> Response:
     """One lab."""
-    return json_response(handlers.get_lab(runtime_of(), lab_id))
+    return json_response(_lab(handlers.get_lab(runtime_of(), lab_id)))
 
 
 @doc.op("patch", "/api/v1/labs/{lab_id}", "Change a lab", body=LabPatch)
@@ -154,7 +172,7 @@ def patch_lab(lab_id: str) -> Response:
     """A manager of the lab (or an admin) changes it."""
     body = parse_body(LabPatch)
     return json_response(
-        handlers.update_lab(runtime_of(), current_user(), lab_id, body.model_dump(exclude_unset=True))
+        _lab(handlers.update_lab(runtime_of(), current_user(), lab_id, body.model_dump(exclude_unset=True)))
     )
 
 
@@ -165,7 +183,7 @@ def create_resource() -> Response:
     body = parse_body(ResourceIn)
     data = body.model_dump(exclude_unset=True)
     data["kind"] = body.kind
-    resource = handlers.create_resource(runtime_of(), current_user(), data)
+    resource = _resource(handlers.create_resource(runtime_of(), current_user(), data))
     return json_response(resource, 201, {"Location": f"/api/v1/resources/{resource['id']}"})
 
 
@@ -185,14 +203,15 @@ def list_resources() -> Response:
             limit=limit,
             after=cursor,
         )
-        return json_response(page([r.snapshot() for r in rows], limit, lambda x: [x["name"], x["id"]]))
+        return json_response(page([_resource(r.snapshot()) for r in rows], limit,
+                                  lambda x: [x["name"], x["id"]]))
 
 
 @doc.op("get", "/api/v1/resources/{resource_id}", "Get a resource")
 @bp.get("/api/v1/resources/<resource_id>")
 def get_resource(resource_id: str) -> Response:
     """One resource with its policy and rates."""
-    return json_response(handlers.get_resource(runtime_of(), resource_id))
+    return json_response(_resource(handlers.get_resource(runtime_of(), resource_id)))
 
 
 @doc.op("patch", "/api/v1/resources/{resource_id}", "Change a resource", body=ResourcePatch)
@@ -205,7 +224,7 @@ def patch_resource(resource_id: str) -> Response:
         changes["policy"] = body.policy.model_dump(exclude_unset=True)
     if body.rates is not None:
         changes["rates"] = body.rates.model_dump(exclude_unset=True)
-    return json_response(handlers.update_resource(runtime_of(), current_user(), resource_id, changes))
+    return json_response(_resource(handlers.update_resource(runtime_of(), current_user(), resource_id, changes)))
 
 
 @doc.op("post", "/api/v1/resources/{resource_id}/outages", "Schedule an outage", body=OutageIn, status=201)
