@@ -52,14 +52,20 @@ def _zone(name: str) -> dt.tzinfo:
         return dt.UTC
 
 
-def when(b: BookingFacts) -> str:
-    """The booking's time in the lab's zone, e.g. ``Tue 1 Dec 2026, 09:00–11:00 (Europe/Oslo)``."""
+def when(b: BookingFacts, zone: bool = True) -> str:
+    """The booking's time in the lab's zone, e.g. ``Tue 1 Dec 2026, 09:00-11:00 (Europe/Oslo)``.
+
+    Plain ASCII, so that subjects stay readable where headers are shown undecoded
+    (subjects leave the zone out: the body names it).
+    """
     tz = _zone(b.timezone)
     start, end = b.start.astimezone(tz), b.end.astimezone(tz)
     day = f"{start:%a} {start.day} {start:%b %Y}"
     if start.date() == end.date():
-        return f"{day}, {start:%H:%M}–{end:%H:%M} ({b.timezone})"
-    return f"{day} {start:%H:%M} – {end:%a} {end.day} {end:%b %Y} {end:%H:%M} ({b.timezone})"
+        text = f"{day}, {start:%H:%M}-{end:%H:%M}"
+    else:
+        text = f"{day} {start:%H:%M} - {end:%a} {end.day} {end:%b %Y} {end:%H:%M}"
+    return f"{text} ({b.timezone})" if zone else text
 
 
 def _details(b: BookingFacts) -> list[tuple[str, str]]:
@@ -96,7 +102,7 @@ def owner_letter(kind: str, b: BookingFacts, calendar: str, method: str, booking
         intro = cancel_text(b) + " The attached cancellation removes it from your calendar."
     return Letter(
         to=b.owner,
-        subject=f"{word}: {b.resource_name}, {when(b)}",
+        subject=f"{word}: {b.resource_name}, {when(b, zone=False)}",
         intro=intro,
         lines=(*_details(b), ("Details", booking_url)),
         calendar=calendar,
@@ -116,7 +122,7 @@ def approval_letter(b: BookingFacts, manager: Person, public_url: str) -> Letter
         who += f" <{b.owner.email}>"
     return Letter(
         to=manager,
-        subject=f"Approval needed: {b.resource_name}, {when(b)}",
+        subject=f"Approval needed: {b.resource_name}, {when(b, zone=False)}",
         intro=f"{b.owner.name or b.owner.sub} asks to use {b.resource_name}, which needs a manager's approval.",
         lines=(("Who", who), *_details(b)),
         outro=(
@@ -133,7 +139,7 @@ def reminder_letter(b: BookingFacts, to: Person, booking_url: str) -> Letter:
     """The reminder shortly before a booking starts."""
     return Letter(
         to=to,
-        subject=f"Reminder: {b.resource_name}, {when(b)}",
+        subject=f"Reminder: {b.resource_name}, {when(b, zone=False)}",
         intro=f"Your booking of {b.resource_name} starts soon.",
         lines=(*_details(b), ("Details", booking_url)),
         from_name=f"{b.lab_name} via labshare",
