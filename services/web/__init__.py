@@ -1,0 +1,1 @@
+"""The web app: server-rendered pages for researchers and facility managers, a client of the public API only."""
