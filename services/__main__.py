@@ -1,4 +1,4 @@
-"""``python -m services run|migrate|seed``: all three services in one process, for development."""
+"""``python -m services run|migrate|seed``: all three services and the web app in one process, for development."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from services.inventory.app import build_runtime as build_inventory
 from services.inventory.app import create_app as inventory_app
 from services.notify.app import build_runtime as build_notify
 from services.notify.app import create_app as notify_app
+from services.web.app import create_app as web_app
+from services.web.settings import WebSettings
 from shared.cli import configure_logging
 from shared.config import SERVICES, Settings
 from shared.migrate import upgrade
@@ -26,6 +28,8 @@ log = logging.getLogger("labshare")
 
 BANNER = """
 labshare is running at {url}  (Ctrl-C stops it)
+
+  Open {url}/ in a browser and log in as one of the demo users.
 
   Data:    {data}
   Broker:  {broker}
@@ -57,7 +61,11 @@ def migrate_all(settings: Settings) -> None:
 
 
 def build_stack(settings: Settings):
-    """The three runtimes and the gateway in front of their apps."""
+    """The three runtimes and the gateway in front of their apps and the web app.
+
+    The web app calls the API through the gateway in this process (over the HTTP
+    interface, without a socket), as it would call it over the network.
+    """
     runtimes = {
         "inventory": build_inventory(settings),
         "booking": build_booking(settings),
@@ -68,7 +76,9 @@ def build_stack(settings: Settings):
         "booking": booking_app(runtime=runtimes["booking"]),
         "notify": notify_app(runtime=runtimes["notify"]),
     }
-    return runtimes, gateway.Gateway(apps)
+    front = gateway.Gateway(apps)
+    front.web = web_app(WebSettings.from_env(base=settings), api_wsgi=front)
+    return runtimes, front
 
 
 def run(settings: Settings, host: str = "127.0.0.1") -> None:

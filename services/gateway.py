@@ -1,4 +1,4 @@
-"""One origin for the three services in one process, routed as the production gateway routes them."""
+"""One origin for the three services and the web app in one process, routed as the production gateway routes them."""
 
 from __future__ import annotations
 
@@ -40,15 +40,17 @@ def _problem(status: int, title: str, detail: str) -> Response:
 
 
 class Gateway:
-    """A WSGI app dispatching by path prefix.
+    """A WSGI app dispatching by path prefix; paths no API claims go to the web app, when there is one.
 
+    ``/api/…`` and ``/feeds/…`` paths nobody serves stay problem+json 404s.
     ``/healthz`` is 503 ("down") when any service is down (its ``/healthz`` is not
     200), else 200: "degraded" when any service says so (it serves, but its events
     are held up), "ok" when all do.
     """
 
-    def __init__(self, apps: dict[str, Flask]) -> None:
+    def __init__(self, apps: dict[str, Flask], web: Flask | None = None) -> None:
         self.apps = apps
+        self.web = web
 
     def _health(self) -> Response:
         report, down, degraded = {}, False, False
@@ -71,6 +73,8 @@ class Gateway:
                 environ = {**environ, "PATH_INFO": "/openapi.json"}
                 return self.apps[name](environ, start_response)
         service = route(path)
+        if service is None and self.web is not None and not path.startswith(("/api/", "/feeds/")):
+            return self.web(environ, start_response)
         if service is None:
             request = Request(environ)
             return _problem(404, "Not found", f"Nothing is served at {request.path}.")(environ, start_response)
