@@ -1,0 +1,309 @@
+"""The web app's views through Flask's test client, against a stub of the API (a WSGI app in this process).
+
+The stub answers as the API's contract says, including its refusals, so these
+tests pin how each answer is shown: CSRF refusals, the language choice, and
+every refusal as a sentence next to its field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import pytest
+from babel.messages.mofile import read_mo
+from babel.messages.pofile import read_po
+from flask import Flask, Response, request
+
+from services.web import views
+from services.web.app import create_app
+from services.web.sessions import COOKIE
+from services.web.settings import WebSettings
+
+LAB = {"id": "lab-1", "name": "Cell imaging lab", "org": "ntnu", "building": "Elgeseter 10",
+       "timezone": "Europe/Oslo", "managers": [{"sub": "imaging-manager", "name": "M", "email": "m@x"}]}
+POLICY = {"slot_minutes": 15, "min_minutes": 30, "max_minutes": 240, "lead_minutes": 0, "horizon_days": 60,
+          "buffer_minutes": 15, "requires_approval": False, "requires_qualification": True,
+          "opening_hours": {d: [["07:00", "22:00"]] for d in ("mon", "tue", "wed", "thu", "fri")},
+          "max_hours_per_week": None, "checkin_required": False, "checkin_grace_minutes": 15}
+RESOURCE = {"id": "res-1", "lab_id": "lab-1", "name": "Zeiss LSM 980 confocal", "kind": "equipment",
+            "category": "microscopy/confocal", "description": "", "status": "active", "policy": POLICY,
+            "rates": {"internal": 450, "external": 1200, "currency": "NOK"}}
+WEB_DIR = Path(__file__).resolve().parents[2] / "services" / "web"
+
+
+def problem(status: int, **extra) -> Response:
+    body = {"type": "about:blank", "title": "t", "status": status, "detail": "raw API text", **extra}
+    return Response(json.dumps(body), status=status, mimetype="application/problem+json")
+
+
+def stub_api() -> Flask:
+    """Just enough of the API; a booking's title chooses the answer."""
+    api = Flask("stub-api")
+    api.config["calls"] = []
+
+    def ok(body, status=200):
+        return Response(json.dumps(body), status=status, mimetype="application/json")
+
+    @api.before_request
+    def _record():
+        api.config["calls"].append((request.method, request.path, request.headers.get("Authorization")))
+
+    @api.post("/api/v1/dev/token")
+    def token():
+        return ok({"token": "token-of-" + request.get_json()["sub"]}, 201)
+
+    @api.get("/api/v1/labs")
+    def labs():
+        return ok({"items": [LAB], "next": None})
+
+    @api.get("/api/v1/labs/<lab_id>")
+    def lab(lab_id):
+        return ok(LAB)
+
+    @api.get("/api/v1/resources")
+    def resources():
+        return ok({"items": [RESOURCE], "next": None})
+
+    @api.get("/api/v1/resources/<resource_id>")
+    def resource(resource_id):
+        return ok(RESOURCE) if resource_id == "res-1" else problem(404)
+
+    @api.get("/api/v1/bookings")
+    def bookings():
+        return ok({"items": [], "next": None})
+
+    @api.get("/api/v1/openapi/booking.json")
+    def openapi():
+        return ok({"paths": {}})
+
+    @api.post("/api/v1/bookings")
+    def book():
+        body = request.get_json()
+        if body["title"] == "clash":
+            return problem(409, conflicts=[{"start": "2030-01-07T09:00:00Z", "end": "2030-01-07T11:00:00Z"}])
+        if body["title"] == "rules":
+            return problem(422, violations=[{"rule": "max_minutes", "message": "raw"},
+                                            {"rule": "qualification", "message": "raw"}])
+        if body["title"] == "expired":
+            return problem(401)
+        return ok({**body, "id": "b-1", "status": "confirmed", "user": {"sub": "ada"}}, 201)
+
+    return api
+
+
+@pytest.fixture
+def api():
+    return stub_api()
+
+
+@pytest.fixture
+def app(tmp_path, api):
+    settings = WebSettings(api_url="http://api.test", public_url="http://labshare.test", data_dir=str(tmp_path),
+                           dev_mode=True, secret_key="test-key")
+    app = create_app(settings, api_wsgi=api)
+    app.testing = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def log_in(client, user: str = "ada") -> None:
+    page = client.get("/login").get_data(as_text=True)
+    resp = client.post("/login/dev", data={"csrf_token": csrf_of(page), "user": user, "next": "/"})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+
+
+def book(client, title: str, minutes: int = 60):
+    page = client.get("/resources/res-1/book").get_data(as_text=True)
+    return client.post("/resources/res-1/book", data={
+        "csrf_token": csrf_of(page), "date": "2030-01-07", "time": "09:00", "minutes": str(minutes),
+        "title": title, "project": ""})
+
+
+def test_pages_need_a_login(client):
+    resp = client.get("/find")
+    assert resp.status_code == 302 and resp.headers["Location"].startswith("/login?next=/find")
+
+
+def test_a_form_without_its_csrf_token_is_refused(client, api):
+    log_in(client)
+    calls = len(api.config["calls"])
+    resp = client.post("/resources/res-1/book", data={"date": "2030-01-07", "time": "09:00", "minutes": "60"})
+    assert resp.status_code == 400
+    assert "did not come from this site" in resp.get_data(as_text=True)
+    assert len(api.config["calls"]) == calls, "nothing reached the API"
+    resp = client.post("/resources/res-1/book", data={"csrf_token": "forged", "date": "2030-01-07"})
+    assert resp.status_code == 400
+
+
+def test_dev_login_keeps_the_token_on_the_server(client, app, api, tmp_path):
+    log_in(client, "ada")
+    cookie = client.get_cookie(COOKIE)
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax"
+    assert "token-of-ada" not in cookie.value
+    stored = "".join(p.read_text() for p in (tmp_path / "web-sessions").glob("*.json"))
+    assert "token-of-ada" in stored
+    client.get("/find")
+    assert ("GET", "/api/v1/resources", "Bearer token-of-ada") in api.config["calls"]
+
+
+def test_secure_cookies_behind_https(tmp_path, api):
+    settings = WebSettings(api_url="http://api.test", public_url="https://labshare.example.org",
+                           data_dir=str(tmp_path), dev_mode=True, secret_key="k")
+    client = create_app(settings, api_wsgi=api).test_client()
+    client.get("/login")
+    assert client.get_cookie(COOKIE).secure
+
+
+def test_dev_login_is_absent_outside_development_mode(tmp_path, api):
+    settings = WebSettings(api_url="http://api.test", public_url="http://x", data_dir=str(tmp_path),
+                           dev_mode=False, secret_key="k")
+    client = create_app(settings, api_wsgi=api).test_client()
+    page = client.get("/login").get_data(as_text=True)
+    assert "Ada Researcher" not in page
+    assert client.post("/login/dev", data={"csrf_token": csrf_of(page), "user": "ada"}).status_code == 404
+
+
+def test_language_from_the_browser_and_from_the_switch(client):
+    log_in(client)
+    assert "Finn og book" in client.get("/find", headers={"Accept-Language": "nb-NO,nb;q=0.9"}).get_data(
+        as_text=True)
+    assert "Finn og book" in client.get("/find", headers={"Accept-Language": "no"}).get_data(as_text=True)
+    page = client.get("/find", headers={"Accept-Language": "en-GB"}).get_data(as_text=True)
+    assert "Find and book" in page and 'lang="en"' in page
+    resp = client.post("/language", data={"csrf_token": csrf_of(page), "lang": "nb", "next": "/find"})
+    assert resp.status_code == 302 and resp.headers["Location"] == "/find"
+    page = client.get("/find", headers={"Accept-Language": "en-GB"}).get_data(as_text=True)
+    assert "Finn og book" in page and 'lang="nb"' in page
+    # Only local paths are followed after the switch.
+    resp = client.post("/language", data={"csrf_token": csrf_of(page), "lang": "en",
+                                          "next": "https://evil.example/"})
+    assert resp.headers["Location"] == "/"
+
+
+def test_a_broken_rule_is_a_sentence_next_to_its_field(client):
+    log_in(client)
+    resp = book(client, "rules", 300)
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 422
+    assert "A booking may last at most 4 hours." in page
+    assert "Only trained users may book Zeiss LSM 980 confocal." in page
+    assert 'id="duration-error"' in page
+    assert "raw" not in page
+
+
+def test_a_clash_lists_the_busy_time_on_the_lab_clock(client):
+    log_in(client)
+    page = book(client, "clash").get_data(as_text=True)
+    assert "That time is taken: Mon, 7 Jan 2030, 10:00–12:00." in page  # 09:00Z is 10:00 in Oslo
+    assert 'id="when-error"' in page
+
+
+def test_refusals_in_norwegian(client):
+    log_in(client)
+    client.set_cookie("labshare_lang", "nb")
+    page = book(client, "rules", 300).get_data(as_text=True)
+    assert "En booking kan vare høyst 4 timer." in page
+    assert "Bare brukere med opplæring kan booke Zeiss LSM 980 confocal." in page
+
+
+def test_an_expired_login_goes_back_to_the_login_page(client):
+    log_in(client)
+    resp = book(client, "expired")
+    assert resp.status_code == 302 and resp.headers["Location"].startswith("/login")
+    assert client.get("/").status_code == 302
+
+
+def test_a_booking_goes_to_its_page(client):
+    log_in(client)
+    resp = book(client, "fine")
+    assert resp.status_code == 302 and resp.headers["Location"] == "/bookings/b-1"
+
+
+def test_an_unknown_resource_is_a_page_not_a_trace(client):
+    log_in(client)
+    resp = client.get("/resources/nope")
+    assert resp.status_code == 404
+    assert "That no longer exists." in resp.get_data(as_text=True)
+
+
+def test_security_headers(client):
+    resp = client.get("/login")
+    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert resp.headers["Cache-Control"] == "no-store"
+
+
+def test_the_dev_users_are_the_demo_users():
+    from services import demo
+
+    assert views.DEV_USERS == demo.USERS
+
+
+def test_the_compiled_catalogue_matches_its_source():
+    po = read_po((WEB_DIR / "translations/nb/LC_MESSAGES/messages.po").open("rb"))
+    mo = read_mo((WEB_DIR / "translations/nb/LC_MESSAGES/messages.mo").open("rb"))
+    def key(value):
+        return tuple(value) if isinstance(value, list | tuple) else value
+
+    source = {key(m.id): key(m.string) for m in po if m.id}
+    compiled = {key(m.id): key(m.string) for m in mo if m.id}
+    assert source == compiled, "run: pybabel compile -d services/web/translations"
+    assert all(source.values()), "every message is translated"
+    template = read_po((WEB_DIR / "translations/messages.pot").open("rb"))
+    assert {key(m.id) for m in template if m.id} == set(source), "extract and update the catalogue (README)"
+
+
+def test_week_cells():
+    from zoneinfo import ZoneInfo
+
+    from services.web.week import build_week
+
+    tz = ZoneInfo("Europe/Oslo")
+    monday = dt.date(2030, 1, 7)
+    availability = {
+        "busy": [{"start": "2030-01-07T08:00:00Z", "end": "2030-01-07T09:00:00Z"}],
+        "free": [{"start": "2030-01-07T09:15:00Z", "end": "2030-01-07T21:00:00Z"}],
+        "outages": [{"start": "2030-01-08T10:00:00Z", "end": "2030-01-08T11:00:00Z"}],
+    }
+    days, labels = build_week(monday, tz, POLICY, availability, dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    assert labels[0] == "07:00" and labels[-1] == "21:30" and len(days) == 7
+    monday_cells = {c.start.strftime("%H:%M"): c.state for c in days[0].cells}
+    assert monday_cells["09:00"] == "busy" and monday_cells["09:30"] == "busy"
+    assert monday_cells["10:00"] == "buffer"  # the 15-minute buffer after the booking
+    assert monday_cells["10:30"] == "free"
+    assert {c.state for c in days[5].cells} == {"closed"}
+    assert {c.start.strftime("%H:%M"): c.state for c in days[1].cells}["11:00"] == "outage"
+
+
+def test_production_login_is_oidc_with_pkce(tmp_path, api):
+    settings = WebSettings(api_url="http://api.test", public_url="https://labshare.example.org",
+                           data_dir=str(tmp_path), dev_mode=False, secret_key="k",
+                           oidc_issuer="https://idp.example.org/realms/arena", oidc_client_id="labshare-web",
+                           oidc_client_secret="s3cret")
+    app = create_app(settings, api_wsgi=api)
+    # The provider's discovery document, as if fetched already.
+    app.extensions["labshare.web"]["oauth"].oidc.server_metadata.update({
+        "_loaded_at": 1, "issuer": "https://idp.example.org/realms/arena",
+        "authorization_endpoint": "https://idp.example.org/realms/arena/auth",
+        "token_endpoint": "https://idp.example.org/realms/arena/token",
+    })
+    client = app.test_client()
+    assert "Log in with your organisation" in client.get("/login").get_data(as_text=True)
+    resp = client.get("/login/oidc?next=/find")
+    assert resp.status_code == 302
+    location = resp.headers["Location"]
+    assert location.startswith("https://idp.example.org/realms/arena/auth?")
+    for part in ("response_type=code", "client_id=labshare-web", "code_challenge=", "code_challenge_method=S256",
+                 "redirect_uri=https%3A%2F%2Flabshare.example.org%2Flogin%2Fcallback", "state="):
+        assert part in location, location
