@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from shared.http import json_response, parse_body
 DEV_ISSUER = "labshare-dev"
 DEV_AUDIENCE = "labshare"
 ROLES = ("researcher", "manager", "admin")
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class TokenVerifier:
         self.settings = settings
         self._jwks: jwt.PyJWKClient | None = None
         self._lock = threading.Lock()
+        # Verified tokens until they expire: a client sends the same token with every request.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def _jwks_client(self) -> jwt.PyJWKClient:
         with self._lock:
@@ -65,7 +69,18 @@ class TokenVerifier:
             return self._jwks
 
     def verify(self, token: str) -> Principal:
-        """Decode and check a token; any fault is ``Unauthorized``."""
+        """Decode and check a token (remembering a valid one until it expires); any fault is ``Unauthorized``."""
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        principal, expires = self._verify(token)
+        with self._lock:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             if self.settings.dev_mode and jwt.get_unverified_header(token).get("alg") == "HS256":
                 claims = jwt.decode(
@@ -95,13 +110,14 @@ class TokenVerifier:
         roles = claims.get("roles") or []
         if isinstance(roles, str):
             roles = roles.split()
-        return Principal(
+        principal = Principal(
             sub=str(claims["sub"]),
             name=str(claims.get("name", "")),
             email=str(claims.get("email", "")),
             org=str(claims.get("org", "")),
             roles=tuple(r for r in roles if r in ROLES),
         )
+        return principal, float(claims["exp"])
 
 
 def install_auth(app: Flask, settings: Settings) -> None:

@@ -58,16 +58,15 @@ def define_outbox(metadata: MetaData) -> tuple[Table, Table]:
     return outbox, inbox
 
 
-def add_event(session: Session, outbox: Table, event: dict[str, Any]) -> None:
-    """Write ``event`` to the outbox inside the caller's transaction."""
-    session.execute(
-        insert(outbox).values(
-            event_id=event["id"],
-            type=event["type"],
-            payload=json.dumps(event, separators=(",", ":")),
-            created_at=now(),
-        )
-    )
+def add_event(session: Session, outbox: Table, *events: dict[str, Any]) -> None:
+    """Write ``events`` to the outbox inside the caller's transaction (one statement for all)."""
+    stamp = now()
+    rows = [
+        {"event_id": e["id"], "type": e["type"], "payload": json.dumps(e, separators=(",", ":")), "created_at": stamp}
+        for e in events
+    ]
+    if rows:
+        session.execute(insert(outbox).values(rows))
 
 
 def remember(session: Session, inbox: Table, event: dict[str, Any]) -> bool:

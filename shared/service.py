@@ -43,6 +43,10 @@ class EventWriter:
         """Add one event to the outbox within ``session``'s transaction."""
         add_event(session, self.outbox, make_event(self.service, type_, data, subject))
 
+    def emit_all(self, session: Session, events: list[tuple[str, dict[str, Any], str | None]]) -> None:
+        """Add several ``(type, data, subject)`` events to the outbox in one statement."""
+        add_event(session, self.outbox, *(make_event(self.service, t, d, subj) for t, d, subj in events))
+
     def committed(self) -> None:
         """Call after the transaction that emitted events has committed."""
         self.wake.set()

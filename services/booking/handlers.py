@@ -198,11 +198,13 @@ def _create_once(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[str
             ]
             session.add_all(rows)
             session.flush()
+            events = []
             for row in rows:
                 snap = row.snapshot(place)
-                rt.events.emit(session, "booking.created", snap, subject=row.id)
+                events.append(("booking.created", snap, row.id))
                 if status == "confirmed":
-                    rt.events.emit(session, "booking.confirmed", snap, subject=row.id)
+                    events.append(("booking.confirmed", snap, row.id))
+            rt.events.emit_all(session, events)
             store.bump_feeds_for(session, rows)
             result = rows[0].snapshot(place)
             if series_id:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    func,
     or_,
     select,
     text,
@@ -395,14 +396,9 @@ def bump_feeds(
 
 
 def bump_feeds_for(session: Session, bookings: Iterable[Booking]) -> None:
-    """Mark changed the feeds that show these bookings: their resources, labs and owners."""
+    """Mark changed the feeds that show these bookings: their resources' (and so their labs') and owners'."""
     bookings = list(bookings)
-    bump_feeds(
-        session,
-        resources=[b.resource_id for b in bookings],
-        labs=[b.lab_id for b in bookings],
-        users=[b.user_sub for b in bookings],
-    )
+    bump_feeds(session, resources=[b.resource_id for b in bookings], users=[b.user_sub for b in bookings])
 
 
 def _feed_users(session: Session, since: dt.datetime, *conditions) -> list[str]:
@@ -436,13 +432,28 @@ def resource_feed_state(session: Session, resource_id: str):
     ).first()
 
 
-def lab_feed_state(session: Session, lab_id: str):
-    """``(name, version, changed_at)`` of a lab's feed, or None."""
-    return session.execute(
+def lab_feed_state(session: Session, lab_id: str) -> tuple[str, int, dt.datetime | None] | None:
+    """``(name, version, changed_at)`` of a lab's feed, or None.
+
+    A booking bumps only its resource's version, not a lab-wide row that every
+    booking of the lab would have to lock; the lab feed's version is its own
+    (lab-level changes) plus the sum of its resources'. Versions only grow, so
+    any change makes the sum grow.
+    """
+    lab = session.execute(
         select(LabView.name, FeedVersion.version, FeedVersion.changed_at)
         .outerjoin(FeedVersion, _version_of("lab", LabView.id))
         .where(LabView.id == lab_id)
     ).first()
+    if lab is None:
+        return None
+    total, latest = session.execute(
+        select(func.coalesce(func.sum(FeedVersion.version), 0), func.max(FeedVersion.changed_at))
+        .join(ResourceView, _version_of("resource", ResourceView.id))
+        .where(ResourceView.lab_id == lab_id)
+    ).one()
+    changed = max((t for t in (lab.changed_at, latest) if t is not None), default=None)
+    return lab.name, (lab.version or 0) + int(total), changed
 
 
 def lab_policies(session: Session, lab_id: str) -> list[dict[str, Any]]:
