@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench install migrate clean
+.PHONY: run test lint bench install migrate clean screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: $(STAMP)
 ## Benchmarks; writes bench/results.md
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## Refresh the screenshots the README shows (runs the browser tests)
+screenshots: $(STAMP)
+	LABSHARE_SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest tests/e2e/test_web_browser.py -q
 
 clean:
 	rm -rf var .pytest_cache

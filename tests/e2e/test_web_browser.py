@@ -3,8 +3,8 @@
 A researcher finds a slot and books it, sees it at home and cancels it; a refused
 booking shows the rule in plain words; a manager creates an instrument with opening
 hours and schedules an outage that cancels a booking, after seeing the effect; the
-Norwegian UI renders. Screenshots of the main pages go to docs/screenshots/ (or
-``LABSHARE_SCREENSHOT_DIR``).
+Norwegian UI renders. Screenshots of the main pages go to var/screenshots/ (or
+``LABSHARE_SCREENSHOT_DIR``; ``make screenshots`` refreshes the ones in docs/screenshots/).
 
 Uses the machine's Chromium (``/usr/bin/chromium``), never a downloaded browser.
 Without it or the ``playwright`` package these tests skip, unless
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("LABSHARE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-SHOTS = Path(os.environ.get("LABSHARE_SCREENSHOT_DIR") or REPO / "docs" / "screenshots")
+SHOTS = Path(os.environ.get("LABSHARE_SCREENSHOT_DIR") or REPO / "var" / "screenshots")
 ADA = {"sub": "ada", "name": "Ada Researcher", "email": "ada@ntnu.example.org", "org": "ntnu", "roles": ["researcher"]}
 
 
