@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, Response
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
-
-from shared.http import json_response
 
 PROBLEM = {
     "description": "Problem details (RFC 9457)",
@@ -124,9 +123,13 @@ class ApiDoc:
     def blueprint(self) -> Blueprint:
         """A blueprint serving ``/openapi.json``."""
         bp = Blueprint(f"openapi_{id(self)}", __name__)
+        rendered: list[bytes] = []
 
         @bp.get("/openapi.json")
         def openapi_json():
-            return json_response(self.document())
+            # The operations are fixed once the app is built: render the document once per process.
+            if not rendered:
+                rendered.append(json.dumps(self.document()).encode())
+            return Response(rendered[0], mimetype="application/json")
 
         return bp
