@@ -1,15 +1,16 @@
-"""Booking rules: policies, opening hours, free time, series. Pure Python.
+"""Booking rules: policies, opening hours, free time, series, waitlists, check-in, usage. Pure Python.
 
 Everything here works on aware UTC datetimes; local time (the lab's time zone)
 is used only where a rule speaks of wall-clock time: opening hours, the slot
-grid, ISO weeks for quotas and the occurrences of a series.
+grid, ISO weeks for quotas, the occurrences of a series and how a series moves.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import numbers
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,12 @@ from dateutil.rrule import rrule, rrulestr
 
 UTC = dt.UTC
 LIVE = ("confirmed", "pending")
+#: Statuses that are billed and count as booked time: the time was held for the user, used or not.
+BILLED = ("confirmed", "no_show")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_OCCURRENCES = 366
+#: Inventory caps ``max_minutes`` at 10080: no booking lasts longer, which bounds index scans by start time.
+LONGEST_BOOKING = dt.timedelta(minutes=10080)
 
 Interval = tuple[dt.datetime, dt.datetime]
 
@@ -221,6 +226,15 @@ def check_rules(
     return out
 
 
+def _quota_message(place: Place, week: tuple[int, int], hours: float) -> dict[str, Any]:
+    limit = place.policy.max_hours_per_week
+    return violation(
+        "quota",
+        f"At most {limit:g} hours per week on {place.resource_name}; week {week[1]} of {week[0]} "
+        f"would have {hours:g}.",
+    )
+
+
 def quota_violation(
     place: Place, new: Iterable[Interval], existing: Iterable[Interval]
 ) -> dict[str, Any] | None:
@@ -233,12 +247,33 @@ def quota_violation(
     wanted = iso_week_hours(new, place.tz)
     for week, hours in sorted(wanted.items()):
         if used.get(week, 0.0) + hours > limit + 1e-9:
-            return violation(
-                "quota",
-                f"At most {limit:g} hours per week on {place.resource_name}; week {week[1]} of {week[0]} "
-                f"would have {used.get(week, 0.0) + hours:g}.",
-            )
+            return _quota_message(place, week, used.get(week, 0.0) + hours)
     return None
+
+
+def quota_fit(
+    place: Place, candidates: Sequence[Interval], existing: Iterable[Interval]
+) -> list[dict[str, Any] | None]:
+    """For a series booked with skips: each candidate's ``quota`` violation, or None where it fits.
+
+    Candidates are taken in the order given (time order); one that would push any
+    ISO week over the limit is refused and does not count, so later ones may still fit.
+    """
+    limit = place.policy.max_hours_per_week
+    if limit is None:
+        return [None] * len(candidates)
+    used = iso_week_hours(existing, place.tz)
+    out: list[dict[str, Any] | None] = []
+    for interval in candidates:
+        hours = iso_week_hours([interval], place.tz)
+        over = sorted(w for w, h in hours.items() if used.get(w, 0.0) + h > limit + 1e-9)
+        if over:
+            out.append(_quota_message(place, over[0], used.get(over[0], 0.0) + hours[over[0]]))
+            continue
+        for week, h in hours.items():
+            used[week] = used.get(week, 0.0) + h
+        out.append(None)
+    return out
 
 
 class RRuleError(ValueError):
@@ -332,3 +367,171 @@ def slot_starts(place: Place, free: Interval, minutes: int, not_before: dt.datet
     while candidate + length <= hi:
         yield candidate
         candidate = align(place, candidate + dt.timedelta(minutes=place.policy.slot_minutes))
+
+
+# -- moving a series on the wall clock -------------------------------------------------------------
+
+
+def wall(moment: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """``moment`` as a naive wall-clock time in ``tz``."""
+    return moment.astimezone(tz).replace(tzinfo=None)
+
+
+def wall_delta(old: dt.datetime, new: dt.datetime, tz: dt.tzinfo) -> dt.timedelta:
+    """How far ``new`` is from ``old`` on the wall clock of ``tz`` (a day is 24 h even when the clocks change)."""
+    return wall(new, tz) - wall(old, tz)
+
+
+def shift_wall(moment: dt.datetime, delta: dt.timedelta, tz: dt.tzinfo) -> dt.datetime:
+    """``moment`` moved by ``delta`` on the wall clock of ``tz``, as UTC: 09:00 + 1 day stays 09:00 across DST."""
+    return (wall(moment, tz) + delta).replace(tzinfo=tz).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """What re-planning a series needs to know of one existing occurrence."""
+
+    id: str
+    recurrence_id: dt.datetime
+    start: dt.datetime
+    live: bool
+
+
+@dataclass(frozen=True)
+class Replan:
+    """The outcome of giving a series a new rule from one occurrence on."""
+
+    keep: list[str]
+    cancel: list[str]
+    add: list[Interval]
+
+
+def replan_series(slots: Sequence[Interval], existing: Iterable[Occurrence], now: dt.datetime) -> Replan:
+    """Match a new rule's ``slots`` against the occurrences the series has from the same point on.
+
+    An occurrence belongs to the slot its ``recurrence_id`` (the start its rule gave
+    it, kept when it alone was moved) names. Live occurrences whose slot the new rule
+    still has are kept; the other live ones are cancelled; slots no occurrence has
+    (live or not: a cancelled occurrence stays cancelled) are to be booked. Whatever
+    has started is never touched and nothing is booked in the past.
+    """
+    wanted = {start for start, _ in slots}
+    keep: list[str] = []
+    cancel: list[str] = []
+    taken: set[dt.datetime] = set()
+    for occ in existing:
+        taken.add(occ.recurrence_id)
+        if not occ.live or occ.start <= now:
+            continue
+        (keep if occ.recurrence_id in wanted else cancel).append(occ.id)
+    add = [(s, e) for s, e in slots if s not in taken and s > now]
+    return Replan(keep=keep, cancel=cancel, add=add)
+
+
+def self_clashes(intervals: Sequence[Interval], buffer: dt.timedelta) -> list[tuple[Interval, Interval]]:
+    """Pairs of ``intervals`` whose holds (end plus ``buffer``) overlap one another."""
+    out: list[tuple[Interval, Interval]] = []
+    latest: Interval | None = None  # the interval whose hold reaches furthest so far
+    for interval in sorted(intervals):
+        if latest is not None and interval[0] < latest[1] + buffer:
+            out.append((latest, interval))
+        if latest is None or interval[1] > latest[1]:
+            latest = interval
+    return out
+
+
+# -- check-in and waitlists --------------------------------------------------------------------------
+
+
+def checkin_due(policy: Policy, start: dt.datetime) -> dt.datetime | None:
+    """When a booking that nobody checked in to becomes a no-show (None where check-in is not required)."""
+    if not policy.checkin_required:
+        return None
+    return start + dt.timedelta(minutes=policy.checkin_grace_minutes)
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A waitlist entry as the queue order sees it."""
+
+    id: str
+    start: dt.datetime
+    end: dt.datetime
+    joined: dt.datetime
+
+
+def waitlist_positions(waiters: Iterable[Waiter]) -> dict[str, int]:
+    """Each waiter's place in the queue for its window: 1 + those who joined earlier for overlapping time."""
+    ordered = sorted(waiters, key=lambda w: (w.joined, w.id))
+    return {
+        w.id: 1 + sum(1 for other in ordered[:i] if overlaps(w.start, w.end, other.start, other.end))
+        for i, w in enumerate(ordered)
+    }
+
+
+#: Rules that mean "the time is not free yet" to a waiter, rather than "you may not have it".
+STILL_TAKEN = frozenset({"outage"})
+
+
+# -- usage and utilisation ---------------------------------------------------------------------------
+
+
+def clipped_seconds(start: dt.datetime, end: dt.datetime, lo: dt.datetime, hi: dt.datetime) -> float:
+    """Seconds of ``[start, end)`` inside ``[lo, hi)``."""
+    return max(0.0, (min(end, hi) - max(start, lo)).total_seconds())
+
+
+def _number(value: Any) -> float | int | None:
+    """A rate as a number (1200.0 reads 1200), or None when it is not one."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return None
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def usage_line(
+    *,
+    resource_id: str,
+    resource_name: str,
+    rates: Mapping[str, Any] | None,
+    lab_org: str,
+    org: str,
+    project: str,
+    bookings: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """One row of the usage report: hours at the internal rate for the lab's own org, the external one else.
+
+    ``amount`` is the exact hours times the rate, rounded to cents; ``hours`` is
+    rounded to two decimals for display. No rate: ``rate`` and ``amount`` are null.
+    """
+    rates = rates or {}
+    rate = _number(rates.get("internal" if org == lab_org else "external"))
+    hours = seconds / 3600
+    return {
+        "resource_id": resource_id,
+        "resource_name": resource_name,
+        "org": org,
+        "project": project,
+        "bookings": bookings,
+        "hours": round(hours, 2),
+        "rate": rate,
+        "amount": round(hours * rate, 2) if rate is not None else None,
+        "currency": rates.get("currency"),
+    }
+
+
+def open_seconds(
+    opening_hours: Mapping[str, list[list[str]]] | None,
+    tz: dt.tzinfo,
+    start: dt.datetime,
+    end: dt.datetime,
+    outages: Iterable[Interval],
+) -> float:
+    """Seconds in ``[start, end)`` that a resource is open and not out of service (always open: all of them)."""
+    base = subtract(open_intervals(opening_hours, tz, start, end), list(outages))
+    return sum((hi - lo).total_seconds() for lo, hi in base)
+
+
+def utilisation(booked_seconds: float, open_secs: float) -> float | None:
+    """Booked time as a share of open time (None when it was never open)."""
+    return round(booked_seconds / open_secs, 4) if open_secs > 0 else None

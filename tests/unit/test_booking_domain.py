@@ -862,3 +862,244 @@ class TestSlotStarts:
             if "slot_minutes" in rule_names(place, s, s + dt.timedelta(minutes=slot), now=utc(2027, 1, 1))
         ]
         assert refused == [], f"{len(refused)} of {len(starts)} offered starts are refused, first {refused[:3]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# expand_series: more DST, BYDAY and UNTIL cases
+# --------------------------------------------------------------------------------------------------
+
+
+class TestExpandSeriesAcrossZones:
+    def test_byday_across_spring_forward_keeps_each_days_wall_clock(self):
+        start, end = oslo(2027, 3, 24, 9), oslo(2027, 3, 24, 10, 30)  # Wednesday before the change
+        occ = expand_series("FREQ=WEEKLY;BYDAY=MO,WE,FR;COUNT=5", start, end, OSLO)
+        assert local_wall(occ) == [
+            ("2027-03-24 09:00", "2027-03-24 10:30"), ("2027-03-26 09:00", "2027-03-26 10:30"),
+            ("2027-03-29 09:00", "2027-03-29 10:30"), ("2027-03-31 09:00", "2027-03-31 10:30"),
+            ("2027-04-02 09:00", "2027-04-02 10:30"),
+        ]
+        assert [a.hour for a, _ in occ] == [8, 8, 7, 7, 7]
+
+    def test_byday_across_fall_back(self):
+        occ = expand_series("FREQ=WEEKLY;BYDAY=TU,TH;COUNT=4", oslo(2027, 10, 26, 18), oslo(2027, 10, 26, 20), OSLO)
+        assert [a for a, _ in occ] == [utc(2027, 10, 26, 16), utc(2027, 10, 28, 16), utc(2027, 11, 2, 17),
+                                       utc(2027, 11, 4, 17)]
+
+    def test_daily_over_both_changes_of_a_year(self):
+        occ = expand_series("FREQ=DAILY;INTERVAL=7;UNTIL=20271110T000000Z", oslo(2027, 3, 21, 12),
+                            oslo(2027, 3, 21, 13), OSLO)
+        assert {a.astimezone(OSLO).strftime("%H:%M") for a, _ in occ} == {"12:00"}
+        assert {a.hour for a, _ in occ} == {10, 11}  # UTC: 11:00 in winter, 10:00 in summer
+
+    def test_until_in_utc_on_another_date_than_the_labs(self):
+        # New York (EDT, -04:00): 21:00 local is 01:00Z the next day. UNTIL 01:00Z on 17 June includes the
+        # evening of 16 June; a minute earlier it does not.
+        start, end = at(NEW_YORK, 2027, 6, 2, 21), at(NEW_YORK, 2027, 6, 2, 22)
+        got = series_local("FREQ=WEEKLY;UNTIL=20270617T010000Z", start, end, NEW_YORK)
+        assert got == ["Wed 2027-06-02 21:00", "Wed 2027-06-09 21:00", "Wed 2027-06-16 21:00"]
+        assert len(expand_series("FREQ=WEEKLY;UNTIL=20270617T005900Z", start, end, NEW_YORK)) == 2
+
+    def test_until_across_the_zones_change(self):
+        # The lab's clocks change between the first occurrence and UNTIL: the instant still decides.
+        start, end = at(NEW_YORK, 2027, 3, 2, 9), at(NEW_YORK, 2027, 3, 2, 10)  # EST
+        got = series_local("FREQ=WEEKLY;UNTIL=20270316T130000Z", start, end, NEW_YORK)
+        assert got == ["Tue 2027-03-02 09:00", "Tue 2027-03-09 09:00", "Tue 2027-03-16 09:00"]  # 13:00Z = 09:00 EDT
+
+    def test_monthly_last_friday_across_spring_forward(self):
+        got = series_local("FREQ=MONTHLY;BYDAY=-1FR;COUNT=3", oslo(2027, 2, 26, 15), oslo(2027, 2, 26, 16))
+        assert got == ["Fri 2027-02-26 15:00", "Fri 2027-03-26 15:00", "Fri 2027-04-30 15:00"]
+
+
+# --------------------------------------------------------------------------------------------------
+# quota: the edges of an ISO week
+# --------------------------------------------------------------------------------------------------
+
+
+class TestQuotaWeekEdges:
+    def place(self, limit=4):
+        return make_place(Policy(max_hours_per_week=limit))
+
+    FULL_WEEK_10 = [(oslo(2027, 3, 9, 8), oslo(2027, 3, 9, 12))]  # 4 h on Tuesday of week 10
+
+    def test_ending_exactly_at_local_monday_midnight_counts_only_in_the_old_week(self):
+        assert iso_week_hours([(oslo(2027, 3, 14, 22), oslo(2027, 3, 15, 0))], OSLO) == {(2027, 10): 2.0}
+        assert quota_violation(self.place(), [(oslo(2027, 3, 14, 22), oslo(2027, 3, 15))], self.FULL_WEEK_10)
+        assert quota_violation(self.place(), [(oslo(2027, 3, 15), oslo(2027, 3, 15, 2))], self.FULL_WEEK_10) is None
+
+    def test_the_week_after_spring_forward_starts_at_local_midnight(self):
+        # Monday 29 March 00:00 CEST is 22:00Z on Sunday.
+        full = [(oslo(2027, 3, 23, 8), oslo(2027, 3, 23, 12))]  # week 12
+        assert quota_violation(self.place(), [(utc(2027, 3, 28, 22), utc(2027, 3, 28, 23))], full) is None
+        assert quota_violation(self.place(), [(utc(2027, 3, 28, 21), utc(2027, 3, 28, 22))], full) is not None
+
+    def test_the_week_after_fall_back_starts_at_local_midnight(self):
+        # Monday 1 November 00:00 CET is 23:00Z on Sunday.
+        full = [(oslo(2027, 10, 26, 8), oslo(2027, 10, 26, 12))]  # week 43
+        assert quota_violation(self.place(), [(utc(2027, 10, 31, 23), utc(2027, 11, 1, 0))], full) is None
+        assert quota_violation(self.place(), [(utc(2027, 10, 31, 22), utc(2027, 10, 31, 23))], full) is not None
+
+    def test_the_night_the_clocks_go_back_has_an_extra_hour(self):
+        # Sunday 31 October 00:00-04:00 on the wall clock is five real hours.
+        assert iso_week_hours([(oslo(2027, 10, 31, 0), oslo(2027, 10, 31, 4))], OSLO) == {(2027, 43): 5.0}
+        assert quota_violation(self.place(), [(oslo(2027, 10, 31, 0), oslo(2027, 10, 31, 4))], []) is not None
+
+    def test_iso_year_boundary_splits_at_monday(self):
+        # Sunday 2 January 2028 is in week 52 of 2027; Monday 3 January starts week 1 of 2028.
+        got = iso_week_hours([(oslo(2028, 1, 2, 23), oslo(2028, 1, 3, 1))], OSLO)
+        assert got == {(2027, 52): 1.0, (2028, 1): 1.0}
+        full_52 = [(oslo(2027, 12, 28, 8), oslo(2027, 12, 28, 12))]
+        v = quota_violation(self.place(), [(oslo(2028, 1, 2, 23), oslo(2028, 1, 3, 1))], full_52)
+        assert v is not None and "week 52 of 2027" in v["message"]
+
+    def test_existing_bookings_of_neighbouring_weeks_do_not_count(self):
+        existing = [(oslo(2027, 3, 7, 20), oslo(2027, 3, 8, 0)), (oslo(2027, 3, 15), oslo(2027, 3, 15, 4))]
+        assert quota_violation(self.place(), [(oslo(2027, 3, 10, 8), oslo(2027, 3, 10, 12))], existing) is None
+
+
+class TestQuotaFit:
+    def test_fills_each_week_in_time_order_and_skips_what_does_not_fit(self):
+        place = make_place(Policy(max_hours_per_week=5))
+        daily = [(oslo(2027, 3, 8 + i, 9), oslo(2027, 3, 8 + i, 11)) for i in range(8)]  # Mon 8 .. Mon 15
+        existing = [(oslo(2027, 3, 12, 13), oslo(2027, 3, 12, 14))]
+        got = domain.quota_fit(place, daily, existing)
+        assert [v is None for v in got] == [True, True, False, False, False, False, False, True]
+        assert all(v["rule"] == "quota" for v in got if v)
+
+    def test_a_skipped_long_one_leaves_room_for_later_short_ones(self):
+        place = make_place(Policy(max_hours_per_week=3))
+        new = [(oslo(2027, 3, 8, 9), oslo(2027, 3, 8, 11)), (oslo(2027, 3, 9, 9), oslo(2027, 3, 9, 11)),
+               (oslo(2027, 3, 10, 9), oslo(2027, 3, 10, 10))]
+        assert [v is None for v in domain.quota_fit(place, new, [])] == [True, False, True]
+
+    def test_no_limit_fits_everything(self):
+        assert domain.quota_fit(make_place(Policy()), [(oslo(2027, 3, 8), oslo(2027, 3, 9))], []) == [None]
+
+
+# --------------------------------------------------------------------------------------------------
+# moving and re-planning a series
+# --------------------------------------------------------------------------------------------------
+
+
+class TestWallClockShift:
+    def test_a_day_later_keeps_the_wall_clock_across_spring_forward(self):
+        got = domain.shift_wall(oslo(2027, 3, 27, 9), dt.timedelta(days=1), OSLO)
+        assert got == oslo(2027, 3, 28, 9) and got - oslo(2027, 3, 27, 9) == dt.timedelta(hours=23)
+
+    def test_an_hour_later_across_fall_back(self):
+        assert domain.shift_wall(oslo(2027, 10, 31, 12), dt.timedelta(hours=1), OSLO) == oslo(2027, 10, 31, 13)
+
+    def test_wall_delta_ignores_the_zones_change(self):
+        assert domain.wall_delta(oslo(2027, 3, 27, 9), oslo(2027, 3, 28, 10), OSLO) == dt.timedelta(hours=25)
+        assert oslo(2027, 3, 28, 10) - oslo(2027, 3, 27, 9) == dt.timedelta(hours=24)
+
+
+def occurrence(i: str, slot: dt.datetime, start: dt.datetime | None = None, live: bool = True):
+    return domain.Occurrence(i, slot, start or slot, live)
+
+
+class TestReplanSeries:
+    NOW = oslo(2027, 3, 1)
+
+    def slots(self, n: int, first=(2027, 3, 2)):
+        start = oslo(*first, 9)
+        return [(start + dt.timedelta(weeks=i), start + dt.timedelta(weeks=i, hours=1)) for i in range(n)]
+
+    def test_extending_keeps_what_is_there_and_adds_the_rest(self):
+        slots = self.slots(6)
+        existing = [occurrence(f"o{i}", s) for i, (s, _) in enumerate(slots[:4])]
+        plan = domain.replan_series(slots, existing, self.NOW)
+        assert plan.keep == ["o0", "o1", "o2", "o3"] and plan.cancel == [] and plan.add == slots[4:]
+
+    def test_shortening_cancels_live_ones_past_the_new_end(self):
+        slots = self.slots(4)
+        existing = [occurrence(f"o{i}", s) for i, (s, _) in enumerate(slots)]
+        plan = domain.replan_series(slots[:2], existing, self.NOW)
+        assert plan.keep == ["o0", "o1"] and plan.cancel == ["o2", "o3"] and plan.add == []
+
+    def test_moved_ones_follow_their_slot_and_cancelled_ones_stay_cancelled(self):
+        slots = self.slots(3)
+        existing = [occurrence("moved", slots[0][0], slots[0][0] + dt.timedelta(hours=5)),
+                    occurrence("gone", slots[1][0], live=False)]
+        plan = domain.replan_series(slots, existing, self.NOW)
+        assert plan.keep == ["moved"] and plan.cancel == [] and plan.add == [slots[2]]
+
+    def test_nothing_that_has_started_is_touched_or_booked(self):
+        slots = self.slots(3)
+        existing = [occurrence("past", slots[0][0] - dt.timedelta(weeks=1))]
+        plan = domain.replan_series(slots, existing, slots[1][0])
+        assert plan.cancel == [] and plan.add == [slots[2]]
+
+
+class TestSelfClashes:
+    def test_overlapping_and_buffer_gaps(self):
+        a, b, c = (h(8), h(9)), (h(9), h(10)), (h(10, 10), h(11))
+        assert domain.self_clashes([a, b, c], dt.timedelta(0)) == []
+        assert domain.self_clashes([c, b, a], dt.timedelta(minutes=15)) == [(a, b), (b, c)]
+
+    def test_a_long_one_clashes_with_a_later_one_past_its_neighbour(self):
+        long, short, later = (h(8), h(12)), (h(9), h(10)), (h(11), h(13))
+        assert domain.self_clashes([long, short, later], dt.timedelta(0)) == [(long, short), (long, later)]
+
+
+# --------------------------------------------------------------------------------------------------
+# check-in, waitlist positions
+# --------------------------------------------------------------------------------------------------
+
+
+class TestCheckinAndWaitlist:
+    def test_checkin_due_only_where_required(self):
+        assert domain.checkin_due(Policy(), h(9)) is None
+        assert domain.checkin_due(Policy(checkin_required=True, checkin_grace_minutes=20), h(9)) == h(9, 20)
+
+    def test_positions_count_earlier_waiters_for_overlapping_time(self):
+        w = domain.Waiter
+        got = domain.waitlist_positions([
+            w("late", h(9), h(10), h(3)), w("first", h(9), h(11), h(1)), w("other", h(12), h(13), h(2)),
+            w("touching", h(11), h(12), h(2, 30)),
+        ])
+        assert got == {"first": 1, "other": 1, "touching": 1, "late": 2}
+
+
+# --------------------------------------------------------------------------------------------------
+# usage and utilisation
+# --------------------------------------------------------------------------------------------------
+
+RATES = {"internal": 450, "external": 1200, "currency": "NOK"}
+
+
+class TestUsageArithmetic:
+    def line(self, org, seconds, rates=RATES, lab_org="ntnu", bookings=1):
+        return domain.usage_line(resource_id="r", resource_name="Scope", rates=rates, lab_org=lab_org, org=org,
+                                 project="P", bookings=bookings, seconds=seconds)
+
+    def test_internal_rate_for_the_labs_own_org_external_for_others(self):
+        assert (self.line("ntnu", 5400)["rate"], self.line("ntnu", 5400)["amount"]) == (450, 675.0)
+        assert (self.line("sintef", 5400)["rate"], self.line("sintef", 5400)["amount"]) == (1200, 1800.0)
+        assert self.line("sintef", 5400)["currency"] == "NOK" and self.line("sintef", 5400)["hours"] == 1.5
+
+    def test_amount_uses_exact_hours_and_rounds_to_cents(self):
+        got = self.line("sintef", 1000)  # 0.2777... h
+        assert got["hours"] == 0.28 and got["amount"] == 333.33
+
+    def test_no_rate_means_no_amount(self):
+        got = self.line("sintef", 3600, rates={"internal": 450})
+        assert (got["rate"], got["amount"], got["currency"]) == (None, None, None)
+        assert self.line("ntnu", 3600, rates={"internal": True})["rate"] is None
+
+    def test_clipping_to_the_window(self):
+        lo, hi = h(10), h(12)
+        assert domain.clipped_seconds(h(9), h(11), lo, hi) == 3600
+        assert domain.clipped_seconds(h(11), h(13), lo, hi) == 3600
+        assert domain.clipped_seconds(h(9), h(13), lo, hi) == 7200
+        assert domain.clipped_seconds(h(12), h(13), lo, hi) == 0
+
+    def test_open_seconds_minus_outages_and_always_open(self):
+        week = (oslo(2027, 3, 1), oslo(2027, 3, 8))
+        outage = [(oslo(2027, 3, 3, 12), oslo(2027, 3, 3, 20))]  # 4 h of Wednesday's opening hours
+        assert domain.open_seconds(OFFICE_HOURS, OSLO, *week, outage) == 36 * 3600
+        assert domain.open_seconds(None, OSLO, *week, []) == 168 * 3600
+        assert domain.utilisation(9 * 3600, 36 * 3600) == 0.25
+        assert domain.utilisation(3600, 0) is None
+
+    def test_open_hours_of_a_week_with_a_dst_change(self):
+        assert domain.open_seconds(None, OSLO, oslo(2027, 3, 22), oslo(2027, 3, 29), []) == 167 * 3600
