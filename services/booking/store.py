@@ -21,7 +21,9 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    extract,
     func,
+    literal,
     or_,
     select,
     text,
@@ -30,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from services.booking.domain import LIVE, Interval, Place, Policy
+from services.booking.domain import BILLED, LIVE, Interval, Place, Policy
 from shared.db import UTCDateTime
 from shared.outbox import define_outbox
 from shared.timeutil import iso, parse_rfc3339
@@ -109,6 +111,9 @@ class Booking(Base):
         Index("ix_bookings_user_start", "user_sub", "start_at"),
         Index("ix_bookings_lab_start", "lab_id", "start_at"),
         Index("ix_bookings_series", "series_id"),
+        # Only bookings still waiting for their check-in deadline are in it: the no-show job's queue.
+        Index("ix_bookings_checkin_due", "checkin_due", postgresql_where=text("checkin_due IS NOT NULL"),
+              sqlite_where=text("checkin_due IS NOT NULL")),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     resource_id: Mapped[str] = mapped_column(String(36))
@@ -131,6 +136,12 @@ class Booking(Base):
     checked_in_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: When this booking becomes a no-show unless checked in (only where the resource requires check-in);
+    #: cleared once that is settled (checked in, no-show, or no longer live).
+    checkin_due: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: A series occurrence's slot: the start its rule gave it (RFC 5545 RECURRENCE-ID). Moving this
+    #: occurrence alone keeps it; moving this and the following ones moves the slots too.
+    recurrence_id: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def snapshot(self, place: Place | None = None) -> dict[str, Any]:
         """The full booking, as its owner, its lab's managers and the events see it."""
@@ -153,6 +164,8 @@ class Booking(Base):
         }
         if self.rrule:
             body["rrule"] = self.rrule
+        if self.series_id and self.recurrence_id is not None:
+            body["recurrence_id"] = iso(self.recurrence_id)
         if place is not None:
             body["resource_name"] = place.resource_name
             body["lab"] = {
@@ -244,6 +257,11 @@ def is_qualified(session: Session, resource_id: str, sub: str, at: dt.datetime) 
     return row is not None and (row.expires is None or row.expires > at)
 
 
+def qualification_of(session: Session, resource_id: str, sub: str) -> QualificationView | None:
+    """``sub``'s qualification on the resource (expired or not), or None."""
+    return session.get(QualificationView, (resource_id, sub))
+
+
 def live_bookings(
     session: Session, resource_id: str, start: dt.datetime, end: dt.datetime, exclude: Sequence[str] = ()
 ) -> list[Booking]:
@@ -305,6 +323,28 @@ def list_bookings(
         at = parse_rfc3339(after[0])
         stmt = stmt.where(or_(Booking.start_at > at, and_(Booking.start_at == at, Booking.id > after[1])))
     return list(session.scalars(stmt))
+
+
+def series_occurrences(
+    session: Session, series_id: str, *, live: bool = False, after: dt.datetime | None = None, lock: bool = False
+) -> list[Booking]:
+    """The occurrences of a series in time order: with ``live`` only confirmed or pending ones, with
+    ``after`` only those starting after it, with ``lock`` each row locked."""
+    stmt = select(Booking).where(Booking.series_id == series_id).order_by(Booking.start_at, Booking.id)
+    if live:
+        stmt = stmt.where(Booking.status.in_(LIVE))
+    if after is not None:
+        stmt = stmt.where(Booking.start_at > after)
+    if lock:
+        stmt = stmt.with_for_update()
+    return list(session.scalars(stmt))
+
+
+def series_ids(session: Session, series_id: str) -> list[str]:
+    """The ids of a series' occurrences in time order."""
+    return list(session.scalars(
+        select(Booking.id).where(Booking.series_id == series_id).order_by(Booking.start_at, Booking.id)
+    ))
 
 
 def managed_lab_ids(session: Session, sub: str) -> set[str]:
@@ -525,3 +565,285 @@ def feed_places(
     else:
         stmt = stmt.where(ResourceView.id.in_(sorted(set(resource_ids))))
     return list(session.execute(stmt))
+
+
+# -- waitlist -----------------------------------------------------------------------------------------
+
+_WAITING = text("status = 'waiting'")
+
+
+class WaitlistEntry(Base):
+    """Someone waiting for a taken window of a resource: given the booking once the whole window is free.
+
+    ``status`` is ``waiting``, then ``booked`` (a confirmed booking, ``booking_id``),
+    ``offered`` (a pending one, where the resource needs approval), ``skipped`` (the
+    window freed but a rule refused it to this user: ``violations``), ``expired``
+    (its start passed) or ``left``. The owner's roles are kept so the rules can be
+    checked for them when the time frees, long after their request.
+    """
+
+    __tablename__ = "waitlist_entries"
+    __table_args__ = (
+        # The queue of one resource (promotion, positions) and the expiry job's: waiting entries only.
+        Index("ix_waitlist_waiting", "resource_id", "start_at", postgresql_where=_WAITING, sqlite_where=_WAITING),
+        Index("ix_waitlist_waiting_start", "start_at", postgresql_where=_WAITING, sqlite_where=_WAITING),
+        Index("ix_waitlist_user_start", "user_sub", "start_at"),
+        Index("ix_waitlist_lab_start", "lab_id", "start_at"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(36))
+    lab_id: Mapped[str] = mapped_column(String(36))
+    user_sub: Mapped[str] = mapped_column(String(200))
+    user_name: Mapped[str] = mapped_column(String(200), default="")
+    user_email: Mapped[str] = mapped_column(String(320), default="")
+    user_org: Mapped[str] = mapped_column(String(100), default="")
+    user_roles: Mapped[list[str]] = mapped_column(JSON)
+    title: Mapped[str] = mapped_column(String(500), default="")
+    project: Mapped[str] = mapped_column(String(200), default="")
+    start_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(20))
+    booking_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    violations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    def snapshot(self, place: Place | None = None, position: int | None = None) -> dict[str, Any]:
+        """The entry as its owner, its lab's managers and the ``waitlist.*`` events see it."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "resource_id": self.resource_id,
+            "lab_id": self.lab_id,
+            "start": iso(self.start_at),
+            "end": iso(self.end_at),
+            "title": self.title,
+            "project": self.project,
+            "status": self.status,
+            "position": position if self.status == "waiting" else None,
+            "booking_id": self.booking_id,
+            "user": {"sub": self.user_sub, "name": self.user_name, "org": self.user_org, "email": self.user_email},
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+        if self.violations:
+            body["violations"] = self.violations
+        if place is not None:
+            body["resource_name"] = place.resource_name
+            body["lab"] = {"id": place.lab_id, "name": place.lab_name, "timezone": place.timezone,
+                           "managers": list(place.manager_contacts)}
+        return body
+
+
+def waiting_entries(
+    session: Session, resource_id: str, start: dt.datetime, end: dt.datetime, *, after: dt.datetime,
+    lock: bool = False,
+) -> list[WaitlistEntry]:
+    """Waiting entries of a resource whose window overlaps ``[start, end)`` and starts after ``after``,
+    first come first (with ``lock``, each row locked for the rest of the transaction)."""
+    stmt = select(WaitlistEntry).where(
+        WaitlistEntry.resource_id == resource_id,
+        WaitlistEntry.status == "waiting",
+        WaitlistEntry.start_at < end,
+        WaitlistEntry.end_at > start,
+        WaitlistEntry.start_at > after,
+    ).order_by(WaitlistEntry.created_at, WaitlistEntry.id)
+    if lock:
+        stmt = stmt.with_for_update()
+    return list(session.scalars(stmt))
+
+
+def waiting_for(
+    session: Session, resource_id: str, sub: str, start: dt.datetime, end: dt.datetime
+) -> WaitlistEntry | None:
+    """``sub``'s waiting entry on the resource overlapping ``[start, end)``, if any."""
+    return session.scalars(select(WaitlistEntry).where(
+        WaitlistEntry.resource_id == resource_id,
+        WaitlistEntry.user_sub == sub,
+        WaitlistEntry.status == "waiting",
+        WaitlistEntry.start_at < end,
+        WaitlistEntry.end_at > start,
+    ).limit(1)).first()
+
+
+def waiters_of(session: Session, resource_ids: Iterable[str], start: dt.datetime, end: dt.datetime,
+               after: dt.datetime) -> list[WaitlistEntry]:
+    """Waiting entries of these resources overlapping ``[start, end)`` (to number the queue)."""
+    ids = sorted(set(resource_ids))
+    if not ids:
+        return []
+    return list(session.scalars(select(WaitlistEntry).where(
+        WaitlistEntry.resource_id.in_(ids),
+        WaitlistEntry.status == "waiting",
+        WaitlistEntry.start_at < end,
+        WaitlistEntry.end_at > start,
+        WaitlistEntry.start_at > after,
+    )))
+
+
+def list_waitlist(
+    session: Session,
+    *,
+    own: str,
+    managed: set[str] | None,
+    mine: bool,
+    resource_id: str | None,
+    lab_id: str | None,
+    status: str | None,
+    limit: int,
+    after: list | None,
+) -> list[WaitlistEntry]:
+    """Entries the caller may see (their own, and with ``managed`` those of these labs; None: every lab),
+    by start time, then id."""
+    stmt = select(WaitlistEntry).order_by(WaitlistEntry.start_at, WaitlistEntry.id).limit(limit + 1)
+    if mine:
+        stmt = stmt.where(WaitlistEntry.user_sub == own)
+    elif managed is not None:
+        stmt = stmt.where(or_(WaitlistEntry.user_sub == own, WaitlistEntry.lab_id.in_(sorted(managed))))
+    if resource_id:
+        stmt = stmt.where(WaitlistEntry.resource_id == resource_id)
+    if lab_id:
+        stmt = stmt.where(WaitlistEntry.lab_id == lab_id)
+    if status:
+        stmt = stmt.where(WaitlistEntry.status == status)
+    if after:
+        at = parse_rfc3339(after[0])
+        stmt = stmt.where(or_(WaitlistEntry.start_at > at,
+                              and_(WaitlistEntry.start_at == at, WaitlistEntry.id > after[1])))
+    return list(session.scalars(stmt))
+
+
+def claim_expired_waiters(session: Session, at: dt.datetime, limit: int) -> list[WaitlistEntry]:
+    """Waiting entries whose start has passed, locked (``SKIP LOCKED``: another replica's are left to it)."""
+    return list(session.scalars(
+        select(WaitlistEntry)
+        .where(WaitlistEntry.status == "waiting", WaitlistEntry.start_at <= at)
+        .order_by(WaitlistEntry.start_at, WaitlistEntry.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ))
+
+
+# -- check-in deadlines -------------------------------------------------------------------------------
+
+
+def due_checkin_resources(session: Session, at: dt.datetime, limit: int) -> list[str]:
+    """Resources with bookings whose check-in deadline has passed and is not settled yet."""
+    return list(session.scalars(
+        select(Booking.resource_id)
+        .where(Booking.checkin_due.is_not(None), Booking.checkin_due <= at)
+        .distinct()
+        .limit(limit)
+    ))
+
+
+def claim_due_checkins(session: Session, resource_id: str, at: dt.datetime, limit: int) -> list[Booking]:
+    """One resource's bookings whose check-in deadline has passed, locked (``SKIP LOCKED``)."""
+    return list(session.scalars(
+        select(Booking)
+        .where(Booking.resource_id == resource_id, Booking.checkin_due.is_not(None), Booking.checkin_due <= at)
+        .order_by(Booking.checkin_due, Booking.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ))
+
+
+def reschedule_checkins(session: Session, resource_id: str, due, after: dt.datetime) -> int:
+    """After the resource's check-in rule changed: set the deadline (``due(start)``) of its live
+    bookings that start after ``after`` and nobody checked in to yet; returns how many."""
+    rows = session.scalars(select(Booking).where(
+        Booking.resource_id == resource_id, Booking.status.in_(LIVE), Booking.start_at > after,
+        Booking.checked_in_at.is_(None),
+    ))
+    count = 0
+    for row in rows:
+        row.checkin_due = due(row.start_at)
+        count += 1
+    return count
+
+
+# -- usage and utilisation -------------------------------------------------------------------------------
+
+def _clipped_seconds(session: Session, start: dt.datetime, end: dt.datetime):
+    """SQL for the seconds of each booking inside ``[start, end)`` (the row filter keeps it positive)."""
+    lo, hi = literal(start, UTCDateTime), literal(end, UTCDateTime)
+    if session.get_bind().dialect.name == "postgresql":
+        return extract("epoch", func.least(Booking.end_at, hi) - func.greatest(Booking.start_at, lo))
+    # SQLite: fixed-format UTC text; the two-argument min/max are scalar, julianday counts days.
+    return (func.julianday(func.min(Booking.end_at, hi)) - func.julianday(func.max(Booking.start_at, lo))) * 86400.0
+
+
+def _in_window(start: dt.datetime, end: dt.datetime, longest: dt.timedelta):
+    # The lower bound on start_at lets the (lab|resource, start_at) index read only the window.
+    return and_(Booking.start_at < end, Booking.start_at > start - longest, Booking.end_at > start)
+
+
+def usage_totals(
+    session: Session,
+    start: dt.datetime,
+    end: dt.datetime,
+    longest: dt.timedelta,
+    *,
+    lab_ids: Iterable[str] | None,
+    resource_id: str | None,
+    org: str | None,
+) -> list[Row]:
+    """``(resource_id, org, project, bookings, seconds)`` per resource × org × project: billed bookings
+    overlapping ``[start, end)``, their time clipped to it. Summed by the database."""
+    stmt = select(
+        Booking.resource_id, Booking.user_org, Booking.project, func.count(),
+        func.sum(_clipped_seconds(session, start, end)),
+    ).where(Booking.status.in_(BILLED), _in_window(start, end, longest)).group_by(
+        Booking.resource_id, Booking.user_org, Booking.project)
+    if lab_ids is not None:
+        stmt = stmt.where(Booking.lab_id.in_(sorted(set(lab_ids))))
+    if resource_id:
+        stmt = stmt.where(Booking.resource_id == resource_id)
+    if org:
+        stmt = stmt.where(Booking.user_org == org)
+    return list(session.execute(stmt))
+
+
+def booked_seconds(
+    session: Session, lab_id: str, start: dt.datetime, end: dt.datetime, longest: dt.timedelta
+) -> dict[tuple[str, str], float]:
+    """Seconds of billed bookings inside ``[start, end)`` per (resource, status) of one lab."""
+    rows = session.execute(
+        select(Booking.resource_id, Booking.status, func.sum(_clipped_seconds(session, start, end)))
+        .where(Booking.lab_id == lab_id, Booking.status.in_(BILLED), _in_window(start, end, longest))
+        .group_by(Booking.resource_id, Booking.status)
+    )
+    return {(rid, status): float(secs or 0) for rid, status, secs in rows}
+
+
+def places_by_id(session: Session, resource_ids: Iterable[str]) -> dict[str, Place]:
+    """The resources (with their labs) of these ids."""
+    ids = sorted(set(resource_ids))
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(ResourceView, LabView).outerjoin(LabView, LabView.id == ResourceView.lab_id)
+        .where(ResourceView.id.in_(ids))
+    ).all()
+    return {res.id: place_of(lab, res) for res, lab in rows}
+
+
+def places_of_lab(session: Session, lab_id: str) -> list[Place]:
+    """Every resource of a lab, by name."""
+    rows = session.execute(
+        select(ResourceView, LabView).outerjoin(LabView, LabView.id == ResourceView.lab_id)
+        .where(ResourceView.lab_id == lab_id).order_by(ResourceView.name, ResourceView.id)
+    ).all()
+    return [place_of(lab, res) for res, lab in rows]
+
+
+def outages_of_lab(session: Session, lab_id: str, start: dt.datetime, end: dt.datetime) -> dict[str, list[Interval]]:
+    """Outages overlapping ``[start, end)`` of every resource of a lab, by resource."""
+    rows = session.execute(
+        select(OutageView.resource_id, OutageView.start_at, OutageView.end_at)
+        .join(ResourceView, ResourceView.id == OutageView.resource_id)
+        .where(ResourceView.lab_id == lab_id, OutageView.start_at < end, OutageView.end_at > start)
+    )
+    out: dict[str, list[Interval]] = {}
+    for rid, lo, hi in rows:
+        out.setdefault(rid, []).append((lo, hi))
+    return out
