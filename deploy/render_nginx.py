@@ -14,6 +14,9 @@ Command line (values: option > ``GATEWAY_*`` environment variable > default)::
     # or render and start nginx in the foreground in one go
     python deploy/render_nginx.py --local --listen 127.0.0.1:9080 --booking 127.0.0.1:9002 --run
 
+    # several replicas of a service: a comma-separated list, one ``server`` line each
+    python deploy/render_nginx.py --local --booking 127.0.0.1:8012,127.0.0.1:8022 --out var/gateway/nginx.conf
+
 From Python::
 
     from render_nginx import write_local_config, nginx_command
@@ -29,7 +32,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent / "nginx.conf"
@@ -55,6 +58,11 @@ LOCAL: dict[str, str] = {
 }
 
 PLACEHOLDER = re.compile(r"\$\{(GATEWAY_[A-Z0-9_]+)\}")
+
+#: Settings that may list several servers, comma-separated ("10.0.0.5:8000,10.0.0.6:8000"): the
+#: template's ``server ${...};`` line is repeated once per server (nginx balances round-robin and,
+#: after a failed connection, leaves a server out for a while).
+UPSTREAMS = ("GATEWAY_INVENTORY_UPSTREAM", "GATEWAY_BOOKING_UPSTREAM", "GATEWAY_NOTIFY_UPSTREAM")
 
 _CHECKS: dict[str, re.Pattern[str]] = {
     "GATEWAY_LISTEN": re.compile(r"^(?:[A-Za-z0-9.\-]+:|\[[0-9A-Fa-f:]+\]:)?[0-9]{1,5}$"),
@@ -85,9 +93,18 @@ def resolve(values: Mapping[str, str] | None = None, env: Mapping[str, str] | No
     if not out["GATEWAY_STATE_DIR"].startswith("/"):
         out["GATEWAY_STATE_DIR"] = str(Path(out["GATEWAY_STATE_DIR"]).resolve())
     for key, value in out.items():
-        if not _CHECKS[key].match(value):
+        items = value.split(",") if key in UPSTREAMS else [value]
+        if not all(_CHECKS[key].match(item) for item in items):
             raise ValueError(f"{key}={value!r} is not a valid value")
     return out
+
+
+def _fill(resolved: Mapping[str, str], name: str) -> str:
+    """A placeholder's text; a list of upstream servers becomes one ``server`` line each."""
+    value = resolved[name]
+    if name in UPSTREAMS:
+        return ";\n        server ".join(value.split(","))
+    return value
 
 
 def render(values: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -97,31 +114,36 @@ def render(values: Mapping[str, str] | None = None, env: Mapping[str, str] | Non
     missing = placeholders(text) - set(resolved)
     if missing:
         raise ValueError(f"template uses unknown placeholder(s): {', '.join(sorted(missing))}")
-    return PLACEHOLDER.sub(lambda m: resolved[m.group(1)], text)
+    return PLACEHOLDER.sub(lambda m: _fill(resolved, m.group(1)), text)
+
+
+def _servers(value: str | Sequence[str]) -> str:
+    return value if isinstance(value, str) else ",".join(value)
 
 
 def write_local_config(
     state_dir: str | os.PathLike[str] = "var/gateway",
     *,
     listen: str = LOCAL["GATEWAY_LISTEN"],
-    inventory: str = LOCAL["GATEWAY_INVENTORY_UPSTREAM"],
-    booking: str = LOCAL["GATEWAY_BOOKING_UPSTREAM"],
-    notify: str = LOCAL["GATEWAY_NOTIFY_UPSTREAM"],
+    inventory: str | Sequence[str] = LOCAL["GATEWAY_INVENTORY_UPSTREAM"],
+    booking: str | Sequence[str] = LOCAL["GATEWAY_BOOKING_UPSTREAM"],
+    notify: str | Sequence[str] = LOCAL["GATEWAY_NOTIFY_UPSTREAM"],
     api_rate: str | None = None,
     feeds_rate: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``<state_dir>/nginx.conf`` for services on loopback ports; returns its path.
 
-    ``state_dir`` is created and also holds nginx's pid, temp files and feed cache.
+    ``state_dir`` is created and also holds nginx's pid, temp files and feed cache. An upstream may
+    be a list of ``host:port`` (or a comma-separated string): one ``server`` line each.
     """
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     values = {
         "GATEWAY_LISTEN": listen,
-        "GATEWAY_INVENTORY_UPSTREAM": inventory,
-        "GATEWAY_BOOKING_UPSTREAM": booking,
-        "GATEWAY_NOTIFY_UPSTREAM": notify,
+        "GATEWAY_INVENTORY_UPSTREAM": _servers(inventory),
+        "GATEWAY_BOOKING_UPSTREAM": _servers(booking),
+        "GATEWAY_NOTIFY_UPSTREAM": _servers(notify),
         "GATEWAY_STATE_DIR": str(state),
         "GATEWAY_API_RATE": api_rate,
         "GATEWAY_FEEDS_RATE": feeds_rate,
@@ -152,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Render the labshare gateway's nginx.conf.")
     parser.add_argument("--local", action="store_true", help="start from the 127.0.0.1 values instead of compose's")
     parser.add_argument("--listen", help="port or address:port (GATEWAY_LISTEN)")
-    parser.add_argument("--inventory", help="host:port of inventory (GATEWAY_INVENTORY_UPSTREAM)")
-    parser.add_argument("--booking", help="host:port of booking (GATEWAY_BOOKING_UPSTREAM)")
-    parser.add_argument("--notify", help="host:port of notify (GATEWAY_NOTIFY_UPSTREAM)")
+    parser.add_argument("--inventory", help="host:port[,host:port...] of inventory (GATEWAY_INVENTORY_UPSTREAM)")
+    parser.add_argument("--booking", help="host:port[,host:port...] of booking (GATEWAY_BOOKING_UPSTREAM)")
+    parser.add_argument("--notify", help="host:port[,host:port...] of notify (GATEWAY_NOTIFY_UPSTREAM)")
     parser.add_argument("--state-dir", help="pid, temp and cache directory (GATEWAY_STATE_DIR)")
     parser.add_argument("--api-rate", help="e.g. 50r/s (GATEWAY_API_RATE)")
     parser.add_argument("--feeds-rate", help="e.g. 100r/s (GATEWAY_FEEDS_RATE)")
