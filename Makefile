@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench install migrate clean screenshots
+.PHONY: run stack test lint bench install migrate clean screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(STAMP)
 ## Migrate, seed demo data and serve everything at http://127.0.0.1:$${LABSHARE_PORT:-8080}
 run: $(STAMP)
 	LABSHARE_DEV_MODE=1 $(PY) -m services run
+
+## Every component as its own process (2 replicas of each API, relay and consumer, the web app, nginx in
+## front) on this machine's PostgreSQL and RabbitMQ: see deploy/stack.py
+stack: $(STAMP)
+	$(PY) deploy/stack.py
 
 migrate: $(STAMP)
 	$(PY) -m services migrate

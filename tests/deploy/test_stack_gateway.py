@@ -1,0 +1,130 @@
+"""The gateway of ``make stack``: deploy/nginx.conf with several replicas per upstream (render_nginx.py)
+and the stack's two development routes (deploy/stack.py), checked by ``nginx -t``.
+
+The stack itself runs in tests/e2e/test_stack.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUIRE_SERVICES = os.environ.get("LABSHARE_REQUIRE_SERVICES") == "1"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+render_nginx = _load("labshare_stack_test_render_nginx", ROOT / "deploy" / "render_nginx.py")
+stack = _load("labshare_stack_test_stack", ROOT / "deploy" / "stack.py")
+
+
+def _nginx() -> str:
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not binary:
+        if REQUIRE_SERVICES:
+            pytest.fail("nginx is not installed (LABSHARE_REQUIRE_SERVICES=1 requires it)")
+        pytest.skip("nginx is not installed")
+    return binary
+
+
+def _upstream(text: str, name: str) -> list[str]:
+    block = re.search(rf"upstream {name} \{{(.*?)\}}", text, re.S)
+    assert block, name
+    return re.findall(r"^\s*server (\S+);", block.group(1), re.M)
+
+
+def test_an_upstream_lists_every_replica():
+    text = render_nginx.render({"GATEWAY_BOOKING_UPSTREAM": "127.0.0.1:9012,127.0.0.1:9022"}, env={})
+    assert _upstream(text, "booking") == ["127.0.0.1:9012", "127.0.0.1:9022"]
+    assert _upstream(text, "inventory") == ["inventory:8000"]
+    for bad in ("127.0.0.1:9012,", "127.0.0.1:9012,evil; x", ",127.0.0.1:1"):
+        with pytest.raises(ValueError):
+            render_nginx.render({"GATEWAY_BOOKING_UPSTREAM": bad}, env={})
+    with pytest.raises(ValueError):
+        render_nginx.render({"GATEWAY_LISTEN": "8080,8081"}, env={})
+
+
+def test_write_local_config_takes_lists_and_nginx_accepts_them(tmp_path):
+    conf = render_nginx.write_local_config(
+        tmp_path / "gw", listen="127.0.0.1:18080", inventory=["127.0.0.1:18011", "127.0.0.1:18021"],
+        booking=["127.0.0.1:18012", "127.0.0.1:18022"], notify="127.0.0.1:18013,127.0.0.1:18023")
+    text = conf.read_text()
+    assert _upstream(text, "notify") == ["127.0.0.1:18013", "127.0.0.1:18023"]
+    result = subprocess.run(render_nginx.nginx_command(conf, nginx=_nginx(), test=True), capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_render_nginx_command_line_takes_a_list(tmp_path):
+    out = tmp_path / "nginx.conf"
+    result = subprocess.run([sys.executable, str(ROOT / "deploy" / "render_nginx.py"), "--local", "--state-dir",
+                             str(tmp_path), "--booking", "127.0.0.1:9012,127.0.0.1:9022", "--out", str(out)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert _upstream(out.read_text(), "booking") == ["127.0.0.1:9012", "127.0.0.1:9022"]
+
+
+def test_the_stacks_development_routes(tmp_path):
+    conf = render_nginx.write_local_config(tmp_path, listen="127.0.0.1:18080", booking=["127.0.0.1:1", "127.0.0.1:2"])
+    production = conf.read_text()
+    text = stack.development_routes(production, "127.0.0.1:18090", dev_mode=True)
+    assert _upstream(text, "labshare_web") == ["127.0.0.1:18090"]
+    dev = re.search(r"location \^~ /api/v1/dev/ \{(.*?)\}", text, re.S).group(1)
+    assert "proxy_pass http://inventory;" in dev and "return 404" not in dev
+    catch_all = re.search(r"\n\s*location / \{(.*?)\}", text, re.S).group(1)
+    assert "proxy_pass http://labshare_web;" in catch_all
+    api = re.search(r"\n\s*location /api/ \{(.*?)\n\s*\}", text, re.S).group(1)
+    assert "return 404" in api and "application/problem+json" in api
+    # Everything else is the production configuration, untouched.
+    assert text.count("location ") == production.count("location ") + 1
+    assert stack.development_routes(production, None, dev_mode=False) == production
+    conf.write_text(text)
+    result = subprocess.run(render_nginx.nginx_command(conf, nginx=_nginx(), test=True), capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_stack_runs_the_commands_of_the_containers(tmp_path):
+    """Same argv as docker-compose.yml (gunicorn for APIs, python -m services.<name> relay|consume)."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    expected = {name: service["command"] for name, service in compose["services"].items() if "command" in service}
+    s = stack.Stack(state_dir=tmp_path, port=18080)
+    plan = {c.name: c for c in s.plan()}
+    assert {c.kind for c in plan.values()} == {"api", "relay", "consumer", "web"}
+    counts: dict[str, int] = {}
+    for c in plan.values():
+        key = f"{c.service}-{c.kind}"
+        counts[key] = counts.get(key, 0) + 1
+        argv = [Path(c.argv[0]).name if i == 0 else a for i, a in enumerate(c.argv)]
+        if c.kind in ("relay", "consumer"):
+            assert argv[0].startswith("python")
+            assert ["python", *argv[1:4]] == expected[key], c.name
+            assert argv[4:6] == ["--metrics-port", str(c.port)]
+        elif c.kind == "api":
+            assert argv[0] == "gunicorn" and argv[1] == "-c" and Path(argv[2]) == ROOT / "deploy" / "gunicorn.conf.py"
+            assert argv[3] == expected[key][3], c.name
+            assert c.env["LABSHARE_BIND"] == f"127.0.0.1:{c.port}"
+            assert c.env["PROMETHEUS_MULTIPROC_DIR"].endswith(c.name)
+        else:
+            assert argv[3] == "services.web.app:create_app()" and c.env["LABSHARE_API_URL"] == s.url
+    assert counts == {"inventory-api": 2, "booking-api": 2, "notify-api": 2, "inventory-relay": 2,
+                      "booking-relay": 2, "notify-relay": 2, "booking-consumer": 2, "notify-consumer": 2,
+                      "web-web": 1}
+    ports = [c.port for c in plan.values()]
+    assert len(set(ports)) == len(ports)
