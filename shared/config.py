@@ -64,6 +64,8 @@ class Settings:
     notify_interval: float = 1.0
     #: Timeout in seconds of one SMTP conversation or webhook call.
     delivery_timeout: float = 10.0
+    #: Seconds between booking's passes over no-shows and expired waitlist entries.
+    housekeeping_interval: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -102,6 +104,8 @@ class Settings:
             values["notify_interval"] = float(env["LABSHARE_NOTIFY_INTERVAL"])
         if env.get("LABSHARE_DELIVERY_TIMEOUT"):
             values["delivery_timeout"] = float(env["LABSHARE_DELIVERY_TIMEOUT"])
+        if env.get("LABSHARE_HOUSEKEEPING_INTERVAL"):
+            values["housekeeping_interval"] = float(env["LABSHARE_HOUSEKEEPING_INTERVAL"])
         if env.get("LABSHARE_DEV_SECRET"):
             values["dev_secret"] = env["LABSHARE_DEV_SECRET"]
         values.update(overrides)

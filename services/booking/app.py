@@ -8,6 +8,7 @@ from services.booking.api import bp, doc
 from services.booking.consumers import handlers
 from services.booking.feeds import bp as feeds_bp
 from services.booking.store import Base
+from services.booking.workers import Housekeeping
 from shared.config import Settings
 from shared.service import Runtime, create_service_app
 
@@ -15,8 +16,11 @@ NAME = "booking"
 
 
 def build_runtime(settings: Settings | None = None) -> Runtime:
-    """Booking's database, outbox relay and inventory consumer, wired from ``settings``."""
-    return Runtime.build(NAME, settings or Settings.from_env(), Base.metadata, handlers)
+    """Booking's database, outbox relay, inventory consumer and housekeeping loop (no-shows, waitlist
+    expiry), wired from ``settings``."""
+    rt = Runtime.build(NAME, settings or Settings.from_env(), Base.metadata, handlers)
+    rt.loops.append(Housekeeping(rt).run)
+    return rt
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:

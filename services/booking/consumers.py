@@ -1,4 +1,9 @@
-"""Events in: inventory's facts become booking's read model; outages cancel what they overlap."""
+"""Events in: inventory's facts become booking's read model; outages cancel what they overlap.
+
+Time an outage's cancellations leave outside it, and the time of a removed
+outage, is offered to the waitlist in the consumer's transaction, under the
+resource's lock, as a cancellation over HTTP would (``handlers.promote_waiters``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from services.booking.domain import LIVE
+from services.booking.domain import LIVE, Policy, checkin_due
 from services.booking.feed_render import PAST
+from services.booking.handlers import promote_waiters
 from services.booking.store import (
     Booking,
     LabView,
@@ -21,6 +27,7 @@ from services.booking.store import (
     bump_feeds_of_resource,
     load_place,
     lock_resource,
+    reschedule_checkins,
 )
 from shared.messaging import EventHandler
 from shared.service import Runtime
@@ -39,6 +46,11 @@ def _lab_face(row: LabView | None) -> tuple | None:
 def _resource_face(row: ResourceView | None) -> tuple | None:
     """What the calendar feeds show of a resource (a retired one's feed answers 410)."""
     return row and (row.name, row.status, row.lab_id)
+
+
+def _checkin_rule(policy: dict[str, Any] | None) -> tuple[bool, int]:
+    p = Policy.from_dict(policy)
+    return p.checkin_required, p.checkin_grace_minutes
 
 
 def _feeds_since() -> dt.datetime:
@@ -72,6 +84,7 @@ def upsert_resource(session: Session, event: dict[str, Any]) -> None:
     if not _newer(row, data):
         return
     before = _resource_face(row)
+    rule_before = _checkin_rule(row.policy) if row is not None else None
     if row is None:
         row = ResourceView(id=data["id"])
         session.add(row)
@@ -79,6 +92,10 @@ def upsert_resource(session: Session, event: dict[str, Any]) -> None:
     row.status, row.policy, row.rates = data["status"], data["policy"], data.get("rates") or {}
     row.version = int(data.get("version", 0))
     row.data = data
+    if rule_before is not None and _checkin_rule(row.policy) != rule_before:
+        # Upcoming bookings follow the new check-in rule; those under way keep the one they started with.
+        policy = Policy.from_dict(row.policy)
+        reschedule_checkins(session, row.id, lambda start: checkin_due(policy, start), now())
     if _resource_face(row) != before:
         bump_feeds_of_resource(session, row.id, row.lab_id, _feeds_since())
 
@@ -101,12 +118,6 @@ def drop_qualification(session: Session, event: dict[str, Any]) -> None:
             QualificationView.resource_id == data["resource_id"], QualificationView.sub == data["sub"]
         )
     )
-
-
-def drop_outage(session: Session, event: dict[str, Any]) -> None:
-    """``outage.deleted``: the time is bookable again."""
-    session.execute(delete(OutageView).where(OutageView.id == event["data"]["id"]))
-    bump_feeds(session, resources=[event["data"]["resource_id"]])  # its free/busy feed shows outages
 
 
 def handlers(rt: Runtime) -> dict[str, EventHandler]:
@@ -133,18 +144,33 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
         )
         stamp = now()
         clashing = list(clashing)
+        freed = [(b.start_at, b.hold_until) for b in clashing]
         for booking in clashing:
             booking.status = "cancelled"
             booking.cancel_reason = "outage"
+            booking.checkin_due = None
             booking.sequence += 1
             booking.updated_at = stamp
             session.flush()
             snap = booking.snapshot(place)
             snap["outage"] = {"id": data["id"], "reason": data.get("reason") or ""}
             rt.events.emit(session, "booking.cancelled", snap, subject=booking.id)
+        # What the cancelled bookings held outside the outage is free for waiters.
+        promoted = promote_waiters(rt, session, place, freed) if place is not None else []
         # The resource's feed even when nothing was cancelled: its free/busy shows outages.
         bump_feeds(session, resources=[data["resource_id"]], labs=[b.lab_id for b in clashing],
-                   users=[b.user_sub for b in clashing])
+                   users=[b.user_sub for b in [*clashing, *promoted]])
+
+    def outage_deleted(session: Session, event: dict[str, Any]) -> None:
+        """``outage.deleted``: the time is bookable again, and first offered to the waitlist."""
+        data = event["data"]
+        lock_resource(session, data["resource_id"])
+        row = session.get(OutageView, data["id"])
+        session.execute(delete(OutageView).where(OutageView.id == data["id"]))
+        place = load_place(session, data["resource_id"])
+        promoted = promote_waiters(rt, session, place, [(row.start_at, row.end_at)]) if row and place else []
+        # Its free/busy feed shows outages.
+        bump_feeds(session, resources=[data["resource_id"]], users=[b.user_sub for b in promoted])
 
     return {
         "lab.created": upsert_lab,
@@ -153,7 +179,7 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
         "resource.updated": upsert_resource,
         "resource.retired": upsert_resource,
         "outage.created": outage_created,
-        "outage.deleted": drop_outage,
+        "outage.deleted": outage_deleted,
         "qualification.granted": upsert_qualification,
         "qualification.revoked": drop_qualification,
     }
