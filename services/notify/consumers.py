@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from services.notify import handlers as use_cases
 from services.notify import store
-from services.notify.domain import Person
+from services.notify.domain import WAITLIST_MAILS, Person
 from shared.messaging import EventHandler
 from shared.service import Runtime
 from shared.timeutil import now
@@ -41,7 +41,7 @@ class Routes(dict[str, EventHandler]):
     """Handlers by exact event type, and one for every other type notify's queue is bound to.
 
     The consumer looks a handler up with ``get``; types without one of their own
-    (``waitlist.*``, ``outage.*``, types added later) still reach the webhooks.
+    (``waitlist.joined``, ``outage.*``, types added later) still reach the webhooks.
     """
 
     def __init__(self, exact: dict[str, EventHandler], other: EventHandler) -> None:
@@ -69,6 +69,9 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
     def booking(session: Session, event: dict[str, Any]) -> None:
         use_cases.on_booking_event(nrt, session, event)
 
+    def waitlist(session: Session, event: dict[str, Any]) -> None:
+        use_cases.on_waitlist_event(nrt, session, event)
+
     def other(session: Session, event: dict[str, Any]) -> None:
         # A booking event type without a rule of its own still keeps the booking's reminder in step.
         if str(event.get("type", "")).startswith("booking.") and "start" in (event.get("data") or {}):
@@ -78,6 +81,7 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
         **dict.fromkeys(
             ("booking.created", "booking.confirmed", "booking.updated", "booking.cancelled", "booking.declined",
              "booking.checked_in"), then_webhooks(booking)),
+        **dict.fromkeys(WAITLIST_MAILS, then_webhooks(waitlist)),
         "lab.created": then_webhooks(on_lab),
         "lab.updated": then_webhooks(on_lab),
         "resource.created": then_webhooks(on_resource),

@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 LIVE = ("confirmed", "pending")
 #: Booking events after which the owner's calendar entry is removed (``METHOD:CANCEL``).
 ENDING = ("booking.cancelled", "booking.declined")
+#: Waitlist events that mail the waiter. One who got a confirmed booking (``waitlist.booked``) hears of it
+#: from that booking's own invitation; joining and leaving are their own doing.
+WAITLIST_MAILS = ("waitlist.offered", "waitlist.skipped", "waitlist.expired")
 
 EVENT_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,100}$")
 MAX_URL = 2000

@@ -178,6 +178,20 @@ def on_booking_event(rt: NotifyRuntime, session: Session, event: dict[str, Any])
     state.invited, state.start_at, state.snapshot, state.updated_at = invited, b.start, event["data"], stamp
 
 
+def on_waitlist_event(rt: NotifyRuntime, session: Session, event: dict[str, Any]) -> None:
+    """Tell a waiter what became of their wait (``domain.WAITLIST_MAILS``): once per event, like every mail."""
+    data = event["data"]
+    w = BookingFacts.from_snapshot(data)
+    stamp = now()
+    store.remember_person(session, w.owner, stamp)
+    reasons = [str(v["message"]) for v in data.get("violations") or [] if v.get("message")]
+    booking_id = data.get("booking_id")
+    url = booking_url(rt, booking_id) if booking_id else f"{rt.settings.public_url.rstrip('/')}/api/v1/waitlist/{w.id}"
+    queue_mail(rt, session, key=f"{event['id']}:email:{w.owner.email.lower()}", kind="waitlist",
+               letter=mail.waitlist_letter(event["type"], w, reasons, url), stamp=stamp, event=event,
+               booking_id=booking_id)
+
+
 def _keep_reminder(rt: NotifyRuntime, session: Session, b: BookingFacts, remind: bool, stamp: dt.datetime) -> None:
     minutes = store.reminder_minutes(session, b.owner.sub, rt.settings.reminder_minutes) if remind else None
     due = domain.reminder_due(b.start, minutes)

@@ -146,6 +146,32 @@ def reminder_letter(b: BookingFacts, to: Person, booking_url: str) -> Letter:
     )
 
 
+WAITLIST_WORDING = {
+    "waitlist.offered": ("Offered", "The time you were waiting for came free. It is held for you as a booking that "
+                                    "waits for the lab's approval; you will hear when they decide."),
+    "waitlist.skipped": ("Not booked", "The time you were waiting for came free, but it could not be booked for you."),
+    "waitlist.expired": ("No longer waiting", "The time you were waiting for did not come free before it began, so "
+                                              "you are no longer on its waitlist."),
+}
+
+
+def waitlist_letter(event_type: str, w: BookingFacts, reasons: list[str], details_url: str) -> Letter:
+    """The mail to someone on a waitlist: offered a booking that needs approval, skipped (and why), or expired."""
+    word, intro = WAITLIST_WORDING[event_type]
+    lines = [("Resource", w.resource_name), ("Lab", w.lab_name), ("When", when(w))]
+    if w.title:
+        lines.append(("Title", w.title))
+    lines += [("Why", reason) for reason in reasons]
+    lines.append(("Details", details_url))
+    return Letter(
+        to=w.owner,
+        subject=f"{word}: {w.resource_name}, {when(w, zone=False)}",
+        intro=intro,
+        lines=tuple(lines),
+        from_name=f"{w.lab_name} via labshare",
+    )
+
+
 def webhook_disabled_letter(to: Person, webhook_id: str, url: str, reason: str, public_url: str) -> Letter:
     """The notice to a webhook's owner that labshare stopped calling it."""
     base = public_url.rstrip("/")

@@ -213,6 +213,30 @@ def test_waitlist_over_http(stack):
     assert {"waitlist.joined", "waitlist.booked", "waitlist.left"} <= set(types)
 
 
+def test_a_waiter_who_is_no_longer_qualified_is_skipped_and_told(stack):
+    res = stack.make_resource(policy={"requires_qualification": True})
+    rid = res["id"]
+    for who in (ADA, BOB, CARL):
+        stack.post(f"/api/v1/resources/{rid}/qualifications", stack.MANAGER, {"sub": who})
+    stack.sync()
+    start = next_weekday(3, 10)
+    taken = stack.book(ADA, rid, start, start + H).get_json()
+    bob = join(stack, BOB, rid, start, start + H).get_json()
+    carl = join(stack, CARL, rid, start, start + H).get_json()
+    stack.delete(f"/api/v1/resources/{rid}/qualifications/{BOB}", stack.MANAGER)
+    stack.sync()
+    stack.post(f"/api/v1/bookings/{taken['id']}/cancel", ADA, {})
+    skipped = stack.get(f"/api/v1/waitlist/{bob['id']}", BOB).get_json()
+    assert skipped["status"] == "skipped" and [v["rule"] for v in skipped["violations"]] == ["qualification"]
+    assert stack.get(f"/api/v1/waitlist/{carl['id']}", CARL).get_json()["status"] == "booked"
+
+    def told():
+        items = stack.get("/api/v1/notifications?mine=true", BOB).get_json()["items"]
+        return [n for n in items if n["subject"].startswith("Not booked:")]
+
+    assert len(stack.eventually(told, what="notify to tell the skipped waiter")) == 1
+
+
 def test_a_removed_outage_gives_its_time_to_the_waitlist(stack):
     res = stack.make_resource()
     rid = res["id"]

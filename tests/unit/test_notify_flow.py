@@ -188,6 +188,25 @@ def test_change_and_cancel_keep_the_uid_and_raise_the_sequence(rt, fakes):
     assert next(p for p in cancel.walk() if p.get_content_type() == "application/ics").get_filename() == "cancel.ics"
 
 
+def test_waiters_hear_when_offered_skipped_or_expired(rt, fakes):
+    mail = fakes[0]
+    refused = {"rule": "qualification", "message": "Only users trained on Zeiss LSM 980 may book it."}
+    skipped = send_event(rt, "waitlist.skipped", snapshot("w1", status="skipped", violations=[refused]))
+    send_event(rt, "waitlist.offered", {**snapshot("w2", status="offered"), "booking_id": "b9"})
+    send_event(rt, "waitlist.expired", snapshot("w3", status="expired"))
+    send_event(rt, "waitlist.booked", {**snapshot("w4", status="booked"), "booking_id": "b8"})  # its invitation tells
+    send_event(rt, "waitlist.joined", snapshot("w5", status="waiting"))
+    rt.consumer.handle(skipped)  # a redelivery mails nobody twice
+    deliver(rt)
+    assert [m["Subject"].split(":")[0] for m in mail.sent] == ["Not booked", "Offered", "No longer waiting"]
+    assert {rcpt for _, rcpt in mail.envelopes} == {"ada@example.org"}
+    texts = [m.get_body(preferencelist=("plain",)).get_content() for m in mail.sent]
+    assert "Only users trained on Zeiss LSM 980 may book it." in texts[0]
+    assert "https://labshare.example.org/api/v1/waitlist/w1" in texts[0]
+    assert "https://labshare.example.org/api/v1/bookings/b9" in texts[1] and "approval" in texts[1]
+    assert all(not any(p.get_content_type() == "text/calendar" for p in m.walk()) for m in mail.sent)
+
+
 def test_a_late_event_changes_nothing(rt, fakes):
     send_event(rt, "booking.cancelled", snapshot(sequence=2, status="cancelled"))
     send_event(rt, "booking.updated", snapshot(sequence=1))
