@@ -19,7 +19,8 @@ CONTENT_TYPE = "application/cloudevents+json"
 def make_event(service: str, type_: str, data: dict[str, Any], subject: str | None = None) -> dict[str, Any]:
     """A CloudEvent with a fresh id; ``data`` is the entity's full snapshot after the change.
 
-    It carries ``traceparent`` when a trace is current (see ``shared.tracing``).
+    It carries the current trace as ``traceparent`` (see ``shared.tracing``); work that no request
+    or event started (a scheduler's) starts a trace of its own, so every event can be followed.
     """
     event: dict[str, Any] = {
         "specversion": "1.0",
@@ -32,7 +33,6 @@ def make_event(service: str, type_: str, data: dict[str, Any], subject: str | No
     }
     if subject:
         event["subject"] = subject
-    trace = tracing.current()
-    if trace is not None:
-        event["traceparent"] = trace.traceparent
+    trace = tracing.current() or tracing.new_root()
+    event["traceparent"] = trace.traceparent
     return event

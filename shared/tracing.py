@@ -55,6 +55,11 @@ def new_span_id() -> str:
             return span
 
 
+def new_root() -> Trace:
+    """A fresh trace, for work that no request or event started."""
+    return Trace(trace_id=secrets.token_hex(16), span_id=new_span_id())
+
+
 def parse_traceparent(value: str | None) -> tuple[str, bool] | None:
     """``(trace_id, sampled)`` of a valid W3C ``traceparent``, else None."""
     if not value:
