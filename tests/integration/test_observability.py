@@ -121,8 +121,11 @@ def test_a_caller_traceparent_is_continued_and_other_request_ids_are_hashed(sqli
     assert HEX32.match(plain) and plain != caller_trace
 
 
-def test_an_event_made_outside_any_request_has_no_traceparent():
-    assert "traceparent" not in make_event("inventory", "lab.created", {"id": "x"})
+def test_an_event_made_outside_any_request_starts_a_trace_of_its_own():
+    first = make_event("inventory", "lab.created", {"id": "x"})["traceparent"]
+    second = make_event("inventory", "lab.created", {"id": "x"})["traceparent"]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", first)
+    assert first.split("-")[1] != second.split("-")[1], "unrelated work gets unrelated traces"
 
 
 # -- metrics ----------------------------------------------------------------------------------------------
