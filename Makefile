@@ -34,9 +34,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-## Benchmarks; writes bench/results.md
+## Benchmarks: the write path (bench/results.md), calendar feeds (bench/feeds.md), notifications (bench/notify.md)
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/feeds.py
+	$(PY) bench/notify.py
 
 ## Refresh the screenshots the README shows (runs the browser tests)
 screenshots: $(STAMP)
