@@ -351,6 +351,11 @@ def test_concurrent_bookings_over_both_replicas_never_overlap(harness):
     assert used == replicas
 
 
+def _connection_cut(error: str) -> bool:
+    return any(mark in error for mark in ("ConnectionError", "ChunkedEncodingError", "IncompleteRead",
+                                          "RemoteDisconnected", "Connection aborted"))
+
+
 def test_sigkill_of_a_booking_replica_and_a_notify_worker_under_load(harness):
     h = harness
     title = f"kill-{uuid.uuid4().hex[:6]}"
@@ -364,10 +369,12 @@ def test_sigkill_of_a_booking_replica_and_a_notify_worker_under_load(harness):
 
     # GETs are retried by nginx on the other replica: never an error.
     assert set(load.gets) == {200}, collections.Counter(load.gets)
-    # POSTs: created, or (only those in flight on the killed replica) a 502 the client must check.
-    assert set(statuses) <= {201, 502}, statuses
-    assert statuses[502] <= CLIENTS, statuses
-    lost_answers = {(r, s) for r, s, status, _ in load.posts if status == 502}
+    # POSTs: created, or (only those in flight on the killed replica) a 502 or a connection cut
+    # mid-answer, which the client must check: nginx does not retry a POST that reached an upstream.
+    in_flight = {st for st in statuses if st == 502 or (isinstance(st, str) and _connection_cut(st))}
+    assert set(statuses) - in_flight <= {201}, statuses
+    assert sum(statuses[st] for st in in_flight) <= CLIENTS, statuses
+    lost_answers = {(r, s) for r, s, status, _ in load.posts if status != 201}
     created = {(r, s): i for r, s, status, i in load.posts if status == 201}
     live = _live_rows(h, title)
     assert {live.get(k) for k in created} == set(created.values()), "a 201 booking is missing"
