@@ -1,0 +1,70 @@
+-- wrk script for bench/stack.py: POST /api/v1/bookings through the stack's nginx, several users.
+--
+--   wrk -t2 -c16 -d20s --latency -s bench/stack.lua http://127.0.0.1:PORT -- BASE_EPOCH SPAN_DAYS IDS TOKENS
+--
+-- IDS and TOKENS are comma-separated. Thread t books its own block of SPAN_DAYS days from BASE_EPOCH:
+-- request n books resource n % #ids at 15-minute slot floor(n / #ids) of that block, as user n % #tokens,
+-- so no two requests ever ask for the same resource and time. done() prints "BENCH_RESULT {json}".
+
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+
+local ids = {}
+local tokens = {}
+local base = 0
+
+function init(args)
+  base = tonumber(args[1]) + tid * tonumber(args[2]) * 86400
+  for id in string.gmatch(args[3], "[^,]+") do
+    table.insert(ids, id)
+  end
+  for token in string.gmatch(args[4], "[^,]+") do
+    table.insert(tokens, token)
+  end
+  statuses = {}
+end
+
+local function stamp(epoch)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", epoch)
+end
+
+function request()
+  local n = counter
+  counter = counter + 1
+  local start = base + math.floor(n / #ids) * 900
+  local body = '{"resource_id":"' .. ids[(n % #ids) + 1] .. '","start":"' .. stamp(start) ..
+    '","end":"' .. stamp(start + 900) .. '","title":"stack bench"}'
+  local headers = {["Content-Type"] = "application/json",
+                   ["Authorization"] = "Bearer " .. tokens[(n % #tokens) + 1]}
+  return wrk.format("POST", "/api/v1/bookings", headers, body)
+end
+
+function response(status, hdrs, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local merged = {}
+  for _, thread in ipairs(threads) do
+    for code, count in pairs(thread:get("statuses") or {}) do
+      merged[code] = (merged[code] or 0) + count
+    end
+  end
+  local seen = {}
+  for code, count in pairs(merged) do
+    seen[#seen + 1] = string.format('"%d":%d', code, count)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {"requests":%d,"duration_us":%d,"statuses":{%s},' ..
+    '"errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d},' ..
+    '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d}}\n',
+    summary.requests, summary.duration, table.concat(seen, ","),
+    e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
