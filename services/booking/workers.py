@@ -37,8 +37,7 @@ class Housekeeping:
             try:
                 no_shows, expired = self.run_once()
                 if no_shows or expired:
-                    log.info("booking housekeeping: %d no-show(s), %d waitlist entr(y/ies) expired", no_shows,
-                             expired)
+                    log.info("booking housekeeping: no-shows %d, expired waitlist entries %d", no_shows, expired)
             except DBAPIError as exc:
                 log.warning("booking housekeeping: the database is away (%s); trying again in %.0fs",
                             type(exc).__name__, interval)
