@@ -9,10 +9,11 @@ What a client sees when a booking replica dies (SIGKILL, with its workers): requ
 that had reached it get no answer from it. nginx passes an idempotent one (GET) to the
 other replica; a POST it must not repeat (``proxy_next_upstream error timeout`` without
 ``non_idempotent``: the booking may have been committed), so the client gets a 502
-problem+json for it and must look before it books again. A request that could not even
+problem+json for it (or a cut connection, if the replica died while answering) and must
+look before it books again. A request that could not even
 connect to the dead replica was never sent, so nginx passes it on, POST included. The
-tests hold the stack to exactly that: the only errors are 502s on POSTs that were in
-flight, at most one per client, and nothing else.
+tests hold the stack to exactly that: the only errors are on POSTs that were in flight,
+at most one per client, and nothing else.
 
 The event path is checked three ways: booking's outbox (every event published), an
 independent AMQP client's queue bound to the exchange (each event exactly once), and
