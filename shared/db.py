@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 from collections.abc import Iterator
 
-from sqlalchemy import DateTime, Engine, create_engine, event, text
+from sqlalchemy import DateTime, Engine, Insert, Table, create_engine, event, insert, text
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
@@ -106,6 +107,13 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection (after fork, at shutdown)."""
         self.engine.dispose()
+
+
+@functools.cache
+def insert_into(table: Table) -> Insert:
+    """A plain INSERT into ``table``, built once so SQLAlchemy compiles it once; execute it with a list
+    of rows on ``session.connection()`` (executemany, which the PostgreSQL driver pipelines)."""
+    return insert(table)
 
 
 def psycopg_url(url: str) -> str:

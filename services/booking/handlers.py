@@ -81,20 +81,31 @@ def _when(start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
 
 
 def _rule_violations(
-    session: Session, place: Place, user: Principal, occurrences: list[Interval]
+    session: Session, place: Place, user: Principal, occurrences: list[Interval], facts: store.Facts | None = None
 ) -> list[list[dict[str, Any]]]:
-    """The rules each occurrence breaks, the quota aside; a qualification must hold until each one's end."""
+    """The rules each occurrence breaks, the quota aside; a qualification must hold until each one's end.
+
+    ``facts`` read with the place spare the queries for outages and qualification where they cover them.
+    """
     t = now()
     exempt = can_manage(user, place)
     first, last = min(s for s, _ in occurrences), max(e for _, e in occurrences)
-    outages = store.outages_between(session, place.resource_id, first, last)
-    qualification = None
+    outages = facts.outages_within(first, last) if facts is not None else None
+    if outages is None:
+        outages = store.outages_between(session, place.resource_id, first, last)
+    qualified_until: dt.datetime | None = None
+    has_qualification = False
     if place.policy.requires_qualification and not exempt:
-        qualification = store.qualification_of(session, place.resource_id, user.sub)
+        if facts is not None and facts.sub == user.sub:
+            has_qualification, qualified_until = facts.qualified, facts.expires
+        else:
+            qualification = store.qualification_of(session, place.resource_id, user.sub)
+            has_qualification = qualification is not None
+            qualified_until = qualification.expires if qualification is not None else None
     out = []
     for start, end in occurrences:
         qualified = exempt or not place.policy.requires_qualification or (
-            qualification is not None and (qualification.expires is None or qualification.expires > end)
+            has_qualification and (qualified_until is None or qualified_until > end)
         )
         out.append(domain.check_rules(place, start, end, now=t, outages=outages, qualified=qualified, exempt=exempt))
     return out
@@ -118,11 +129,13 @@ def broken_rules(
     occurrences: list[Interval],
     exclude: tuple[str, ...] = (),
     tag: bool | None = None,
+    facts: store.Facts | None = None,
 ) -> list[dict[str, Any]]:
     """Every rule the occurrences break, for all or nothing; a series tags each with its occurrence."""
     tag = len(occurrences) > 1 if tag is None else tag
     out: list[dict[str, Any]] = []
-    for (start, end), found in zip(occurrences, _rule_violations(session, place, user, occurrences), strict=True):
+    found_all = _rule_violations(session, place, user, occurrences, facts)
+    for (start, end), found in zip(occurrences, found_all, strict=True):
         for v in found:
             if tag:
                 v["occurrence"] = _when(start, end)
@@ -188,6 +201,7 @@ def _fit(
     occurrences: list[Interval],
     exclude: tuple[str, ...] = (),
     allow_none: bool = False,
+    facts: store.Facts | None = None,
 ) -> tuple[list[Interval], list[dict[str, Any]]]:
     """Split a series into the occurrences that can be booked and the skipped ones, each with why.
 
@@ -195,7 +209,7 @@ def _fit(
     order. When nothing is left (and ``allow_none`` is false) the refusal is the one
     all-or-nothing would have given.
     """
-    rules = _rule_violations(session, place, user, occurrences)
+    rules = _rule_violations(session, place, user, occurrences, facts)
     busy = busy_times(session, place, occurrences, exclude)
     fits = [i for i in range(len(occurrences)) if not rules[i] and not busy[i]]
     existing = _existing_hours(session, place, user, occurrences, exclude)
@@ -336,13 +350,16 @@ def _create_once(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[str
     try:
         with rt.db.begin() as session:
             store.lock_resource(session, resource_id)
-            place = place_or_404(session, resource_id)
+            found = store.place_and_facts(session, resource_id, (start, end), user.sub)
+            if found is None:
+                raise NotFound(f"No resource with id {resource_id}.")
+            place, facts = found
             if data.get("rrule"):
                 occurrences = _expand(data["rrule"], start, end, place)
             if data.get("on_conflict") == "skip" and len(occurrences) > 1:
-                occurrences, skipped = _fit(session, place, user, occurrences)
+                occurrences, skipped = _fit(session, place, user, occurrences, facts=facts)
             else:
-                violations = broken_rules(session, place, user, occurrences)
+                violations = broken_rules(session, place, user, occurrences, facts=facts)
                 if violations:
                     raise PolicyViolation(violations)
                 if len(occurrences) > 1:
@@ -353,8 +370,7 @@ def _create_once(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[str
                          project=data.get("project"), series_id=series_id, rrule=data.get("rrule"))
                 for o_start, o_end in occurrences
             ]
-            session.add_all(rows)
-            session.flush()
+            store.insert_bookings(session, rows)
             rt.events.emit_all(session, _created(rows, place))
             store.bump_feeds_for(session, rows)
             result = rows[0].snapshot(place)

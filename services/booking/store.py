@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
@@ -20,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    bindparam,
     delete,
     extract,
     func,
@@ -33,7 +36,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.booking.domain import BILLED, LIVE, Interval, Place, Policy
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, insert_into
 from shared.outbox import define_outbox
 from shared.timeutil import iso, parse_rfc3339
 from shared.timeutil import now as utcnow
@@ -197,8 +200,20 @@ def lock_resource(session: Session, resource_id: str) -> None:
                         {"key": f"booking:{resource_id}"})
 
 
-def place_of(lab: LabView | None, res: ResourceView) -> Place:
-    """Combine the read-model rows into the domain's view of a bookable place."""
+def insert_bookings(session: Session, rows: Sequence[Booking]) -> None:
+    """Insert new bookings in one executemany, without the ORM's unit of work (the write path's cost).
+
+    The rows stay transient: nothing later in the transaction should expect them in the session.
+    """
+    columns = Booking.__table__.columns
+    session.connection().execute(insert_into(Booking.__table__), [
+        {c.key: getattr(row, c.key) for c in columns} for row in rows
+    ])
+
+
+def place_of(lab: Any, res: Any) -> Place:
+    """Combine the read-model rows (a ``LabView`` or None, a ``ResourceView``, or rows with their
+    columns) into the domain's view of a bookable place."""
     return Place(
         resource_id=res.id,
         resource_name=res.name,
@@ -225,6 +240,65 @@ def load_place(session: Session, resource_id: str) -> Place | None:
     if row is None:
         return None
     return place_of(row[1], row[0])
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the rules need besides the place, read with it: outages within ``window``, and ``sub``'s
+    qualification (``qualified`` false when there is none; ``expires`` None when it never expires)."""
+
+    window: Interval
+    outages: tuple[Interval, ...]
+    sub: str
+    qualified: bool
+    expires: dt.datetime | None
+
+    def outages_within(self, start: dt.datetime, end: dt.datetime) -> list[Interval] | None:
+        """The outages overlapping ``[start, end)``; None when that reaches beyond what was read."""
+        if start < self.window[0] or end > self.window[1]:
+            return None
+        return [(s, e) for s, e in self.outages if s < end and e > start]
+
+
+_R, _L = ResourceView.__table__, LabView.__table__
+_O, _Q = OutageView.__table__, QualificationView.__table__
+#: The place, the outages of a window and a user's qualification in one statement, built once so its
+#: compiled form is cached (one row per outage; the outage columns are NULL when there is none).
+_PLACE_AND_FACTS = (
+    select(
+        _R.c.id, _R.c.lab_id, _R.c.name, _R.c.category, _R.c.status, _R.c.policy, _R.c.rates,
+        _L.c.id.label("lab_known"), _L.c.name.label("lab_name"), _L.c.org, _L.c.timezone, _L.c.managers,
+        _L.c.show_titles, _O.c.start_at, _O.c.end_at, _Q.c.sub.label("qualified"), _Q.c.expires,
+    )
+    .select_from(
+        _R.outerjoin(_L, _L.c.id == _R.c.lab_id)
+        .outerjoin(_O, and_(_O.c.resource_id == _R.c.id, _O.c.start_at < bindparam("w_end"),
+                            _O.c.end_at > bindparam("w_start")))
+        .outerjoin(_Q, and_(_Q.c.resource_id == _R.c.id, _Q.c.sub == bindparam("sub")))
+    )
+    .where(_R.c.id == bindparam("resource_id"))
+    .order_by(_O.c.start_at)
+)
+
+
+def place_and_facts(
+    session: Session, resource_id: str, window: Interval, sub: str
+) -> tuple[Place, Facts] | None:
+    """The place with the outages overlapping ``window`` and ``sub``'s qualification: one query.
+
+    None when booking has not heard of the resource.
+    """
+    rows = session.connection().execute(
+        _PLACE_AND_FACTS, {"resource_id": resource_id, "w_start": window[0], "w_end": window[1], "sub": sub}
+    ).all()
+    if not rows:
+        return None
+    r = rows[0]
+    lab = SimpleNamespace(name=r.lab_name, org=r.org, timezone=r.timezone, managers=r.managers,
+                          show_titles=r.show_titles) if r.lab_known is not None else None
+    place = place_of(lab, r)
+    outages = tuple((row.start_at, row.end_at) for row in rows if row.start_at is not None)
+    return place, Facts(window, outages, sub, r.qualified is not None, r.expires)
 
 
 def places_in_category(session: Session, category: str) -> list[Place]:
@@ -405,6 +479,22 @@ def _upsert(session: Session, table):
     return sqlite_insert(table)
 
 
+_BUMPS: dict[str, Any] = {}
+
+
+def _bump_statement(session: Session):
+    """The feed-version upsert of the session's dialect, built once (so its compiled form is cached)."""
+    dialect = session.get_bind().dialect.name
+    if dialect not in _BUMPS:
+        table = FeedVersion.__table__
+        stmt = _upsert(session, table)
+        _BUMPS[dialect] = stmt.on_conflict_do_update(
+            index_elements=[table.c.scope, table.c.key],
+            set_={"version": table.c.version + 1, "changed_at": stmt.excluded.changed_at},
+        )
+    return _BUMPS[dialect]
+
+
 def bump_feeds(
     session: Session,
     *,
@@ -413,7 +503,7 @@ def bump_feeds(
     users: Iterable[str] = (),
     at: dt.datetime | None = None,
 ) -> None:
-    """Mark the feeds of these resources, labs and users changed: one multi-row upsert.
+    """Mark the feeds of these resources, labs and users changed: one upsert of every row.
 
     Call it last in the write transaction, so the rows stay locked only until the commit.
     """
@@ -424,15 +514,8 @@ def bump_feeds(
         for scope in FEED_SCOPES
         for key in sorted({k for k in keys[scope] if k})
     ]
-    if not rows:
-        return
-    table = FeedVersion.__table__
-    stmt = _upsert(session, table).values(rows)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.scope, table.c.key],
-        set_={"version": table.c.version + 1, "changed_at": stmt.excluded.changed_at},
-    )
-    session.execute(stmt)
+    if rows:
+        session.connection().execute(_bump_statement(session), rows)
 
 
 def bump_feeds_for(session: Session, bookings: Iterable[Booking]) -> None:
