@@ -6,8 +6,8 @@ very same file fronts services running on 127.0.0.1 ports.
 
 Command line (values: option > ``GATEWAY_*`` environment variable > default)::
 
-    # services on 127.0.0.1:8001 (inventory), :8002 (booking), :8003 (notify),
-    # gateway on 127.0.0.1:8080, state under ./var/gateway
+    # services on 127.0.0.1:8001 (inventory), :8002 (booking), :8003 (notify), the web
+    # app on :8004, gateway on 127.0.0.1:8080, state under ./var/gateway
     python deploy/render_nginx.py --local --out var/gateway/nginx.conf
     nginx -p var/gateway -c nginx.conf -e stderr -g 'daemon off;'
 
@@ -20,8 +20,8 @@ Command line (values: option > ``GATEWAY_*`` environment variable > default)::
 From Python::
 
     from render_nginx import write_local_config, nginx_command
-    conf = write_local_config("var/gateway", listen="127.0.0.1:8080",
-                              inventory="127.0.0.1:8001", booking="127.0.0.1:8002", notify="127.0.0.1:8003")
+    conf = write_local_config("var/gateway", listen="127.0.0.1:8080", inventory="127.0.0.1:8001",
+                              booking="127.0.0.1:8002", notify="127.0.0.1:8003", web="127.0.0.1:8004")
     subprocess.Popen(nginx_command(conf))
 """
 
@@ -43,6 +43,7 @@ DEFAULTS: dict[str, str] = {
     "GATEWAY_INVENTORY_UPSTREAM": "inventory:8000",
     "GATEWAY_BOOKING_UPSTREAM": "booking:8000",
     "GATEWAY_NOTIFY_UPSTREAM": "notify:8000",
+    "GATEWAY_WEB_UPSTREAM": "web:8000",
     "GATEWAY_STATE_DIR": "/var/cache/nginx",
     "GATEWAY_API_RATE": "50r/s",
     "GATEWAY_FEEDS_RATE": "100r/s",
@@ -54,6 +55,7 @@ LOCAL: dict[str, str] = {
     "GATEWAY_INVENTORY_UPSTREAM": "127.0.0.1:8001",
     "GATEWAY_BOOKING_UPSTREAM": "127.0.0.1:8002",
     "GATEWAY_NOTIFY_UPSTREAM": "127.0.0.1:8003",
+    "GATEWAY_WEB_UPSTREAM": "127.0.0.1:8004",
     "GATEWAY_STATE_DIR": "var/gateway",
 }
 
@@ -62,13 +64,13 @@ PLACEHOLDER = re.compile(r"\$\{(GATEWAY_[A-Z0-9_]+)\}")
 #: Settings that may list several servers, comma-separated ("10.0.0.5:8000,10.0.0.6:8000"): the
 #: template's ``server ${...};`` line is repeated once per server (nginx balances round-robin and,
 #: after a failed connection, leaves a server out for a while).
-UPSTREAMS = ("GATEWAY_INVENTORY_UPSTREAM", "GATEWAY_BOOKING_UPSTREAM", "GATEWAY_NOTIFY_UPSTREAM")
+UPSTREAMS = ("GATEWAY_INVENTORY_UPSTREAM", "GATEWAY_BOOKING_UPSTREAM", "GATEWAY_NOTIFY_UPSTREAM",
+             "GATEWAY_WEB_UPSTREAM")
 
+_SERVER = re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$")
 _CHECKS: dict[str, re.Pattern[str]] = {
     "GATEWAY_LISTEN": re.compile(r"^(?:[A-Za-z0-9.\-]+:|\[[0-9A-Fa-f:]+\]:)?[0-9]{1,5}$"),
-    "GATEWAY_INVENTORY_UPSTREAM": re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$"),
-    "GATEWAY_BOOKING_UPSTREAM": re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$"),
-    "GATEWAY_NOTIFY_UPSTREAM": re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$"),
+    **dict.fromkeys(UPSTREAMS, _SERVER),
     "GATEWAY_STATE_DIR": re.compile(r"^/[^\s;{}'\"$]*$"),
     "GATEWAY_API_RATE": re.compile(r"^[0-9]+r/[sm]$"),
     "GATEWAY_FEEDS_RATE": re.compile(r"^[0-9]+r/[sm]$"),
@@ -128,11 +130,12 @@ def write_local_config(
     inventory: str | Sequence[str] = LOCAL["GATEWAY_INVENTORY_UPSTREAM"],
     booking: str | Sequence[str] = LOCAL["GATEWAY_BOOKING_UPSTREAM"],
     notify: str | Sequence[str] = LOCAL["GATEWAY_NOTIFY_UPSTREAM"],
+    web: str | Sequence[str] = LOCAL["GATEWAY_WEB_UPSTREAM"],
     api_rate: str | None = None,
     feeds_rate: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``<state_dir>/nginx.conf`` for services on loopback ports; returns its path.
+    """Write ``<state_dir>/nginx.conf`` for services and the web app on loopback ports; returns its path.
 
     ``state_dir`` is created and also holds nginx's pid, temp files and feed cache. An upstream may
     be a list of ``host:port`` (or a comma-separated string): one ``server`` line each.
@@ -144,6 +147,7 @@ def write_local_config(
         "GATEWAY_INVENTORY_UPSTREAM": _servers(inventory),
         "GATEWAY_BOOKING_UPSTREAM": _servers(booking),
         "GATEWAY_NOTIFY_UPSTREAM": _servers(notify),
+        "GATEWAY_WEB_UPSTREAM": _servers(web),
         "GATEWAY_STATE_DIR": str(state),
         "GATEWAY_API_RATE": api_rate,
         "GATEWAY_FEEDS_RATE": feeds_rate,
@@ -177,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inventory", help="host:port[,host:port...] of inventory (GATEWAY_INVENTORY_UPSTREAM)")
     parser.add_argument("--booking", help="host:port[,host:port...] of booking (GATEWAY_BOOKING_UPSTREAM)")
     parser.add_argument("--notify", help="host:port[,host:port...] of notify (GATEWAY_NOTIFY_UPSTREAM)")
+    parser.add_argument("--web", help="host:port[,host:port...] of the web app (GATEWAY_WEB_UPSTREAM)")
     parser.add_argument("--state-dir", help="pid, temp and cache directory (GATEWAY_STATE_DIR)")
     parser.add_argument("--api-rate", help="e.g. 50r/s (GATEWAY_API_RATE)")
     parser.add_argument("--feeds-rate", help="e.g. 100r/s (GATEWAY_FEEDS_RATE)")
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "GATEWAY_INVENTORY_UPSTREAM": args.inventory,
         "GATEWAY_BOOKING_UPSTREAM": args.booking,
         "GATEWAY_NOTIFY_UPSTREAM": args.notify,
+        "GATEWAY_WEB_UPSTREAM": args.web,
         "GATEWAY_STATE_DIR": args.state_dir,
         "GATEWAY_API_RATE": args.api_rate,
         "GATEWAY_FEEDS_RATE": args.feeds_rate,

@@ -11,7 +11,7 @@ and RabbitMQ:
 - N booking consumers and N notify workers (``python -m services.<name> consume``);
 - the web app under gunicorn;
 - nginx in front, configured from deploy/nginx.conf by deploy/render_nginx.py, each
-  upstream listing every replica of its service.
+  upstream listing every replica of its service, the web app's upstream the web app.
 
 Relays and consumers serve their metrics with ``--metrics-port``, as the Kubernetes
 probes use them. Ctrl-C stops everything (SIGTERM, then SIGKILL after a grace period);
@@ -26,10 +26,9 @@ Configuration (options override the environment):
   gunicorn workers per replica), ``--state-dir`` (``var/stack``: logs, nginx, mail).
 
 Development mode is on (as in ``make run``): tokens come from ``POST /api/v1/dev/token``.
-The production gateway never serves that path, so this stack's nginx adds two
-development routes to the rendered configuration: ``/api/v1/dev/`` to inventory, and
-paths no API claims to the web app (as ``make run``'s in-process gateway does). All
-else is deploy/nginx.conf as it is.
+The production gateway never serves that path, so this stack's nginx adds one
+development route to the rendered configuration: ``/api/v1/dev/`` to inventory. All
+else, the web app's pages included, is deploy/nginx.conf as it is.
 
 From Python (the end-to-end tests and bench/stack.py do this)::
 
@@ -300,17 +299,21 @@ class Stack:
         return [n for n in names if n not in self.drained] or names[:1]
 
     def gateway_config(self) -> Path:
-        """Render deploy/nginx.conf for the replicas in rotation, plus the development routes."""
+        """Render deploy/nginx.conf for the replicas in rotation and the web app, plus the development route.
+
+        Without the web app (``web=False``) its upstream is a port nothing listens on: pages answer 502.
+        """
         upstreams = {s: [self.components[n].address for n in self.replicas_in_rotation(s)] for s in SERVICES}
+        web = self.components.get("web")
         gateway_dir = self.state_dir / "gateway"
         conf = render_nginx.write_local_config(
             gateway_dir, listen=f"127.0.0.1:{self.port}", inventory=upstreams["inventory"],
-            booking=upstreams["booking"], notify=upstreams["notify"], api_rate=self.api_rate,
+            booking=upstreams["booking"], notify=upstreams["notify"],
+            web=web.address if web else f"127.0.0.1:{free_port()}", api_rate=self.api_rate,
             feeds_rate=self.feeds_rate,
         )
-        web = self.components.get("web")
-        text = development_routes(conf.read_text(encoding="utf-8"), web.address if web else None, self.dev_mode)
-        conf.write_text(text, encoding="utf-8")
+        if self.dev_mode:
+            conf.write_text(development_routes(conf.read_text(encoding="utf-8")), encoding="utf-8")
         return conf
 
     def _start_gateway(self) -> None:
@@ -479,41 +482,19 @@ class Stack:
         return "\n".join(lines)
 
 
-# ---- the development routes of the stack's gateway ----------------------------------------------
+# ---- the development route of the stack's gateway -----------------------------------------------
 
-_CATCH_ALL = re.compile(r"\n(?P<indent>[ \t]*)location / \{\n(?P<body>.*?)\n(?P=indent)\}\n", re.S)
 _DEV_PATHS = re.compile(r"\n(?P<indent>[ \t]*)location \^~ /api/v1/dev/ \{\n.*?\n(?P=indent)\}\n", re.S)
 
 
-def development_routes(conf: str, web: str | None, dev_mode: bool) -> str:
-    """The rendered production configuration with the stack's development routes.
-
-    - ``/api/v1/dev/`` goes to inventory when development mode is on (its token endpoint);
-    - paths no API claims go to the web app at ``web`` (``/api/…`` ones stay problem+json 404s).
-    """
-    if web:
-        match = _CATCH_ALL.search(conf)
-        if not match:
-            raise ValueError("deploy/nginx.conf has no catch-all 'location /' block any more")
-        i = match.group("indent")
-        replacement = (
-            f"\n{i}location /api/ {{\n{match.group('body')}\n{i}}}\n\n"
-            f"{i}# development stack: pages of the web app\n"
-            f"{i}location / {{\n{i}    limit_req zone=labshare_api burst=100 nodelay;\n"
-            f"{i}    proxy_pass http://labshare_web;\n{i}}}\n"
-        )
-        conf = conf[: match.start()] + replacement + conf[match.end():]
-        anchor = conf.index("    upstream inventory {")
-        conf = (conf[:anchor] + f"    upstream labshare_web {{\n        server {web};\n        keepalive 8;\n    }}\n\n"
-                + conf[anchor:])
-    if dev_mode:
-        match = _DEV_PATHS.search(conf)
-        if not match:
-            raise ValueError("deploy/nginx.conf has no 'location ^~ /api/v1/dev/' block any more")
-        i = match.group("indent")
-        conf = (conf[: match.start()] + f"\n{i}# development stack: development tokens (dev mode only)\n"
-                f"{i}location ^~ /api/v1/dev/ {{\n{i}    proxy_pass http://inventory;\n{i}}}\n" + conf[match.end():])
-    return conf
+def development_routes(conf: str) -> str:
+    """The rendered production configuration with ``/api/v1/dev/`` (the token endpoint) sent to inventory."""
+    match = _DEV_PATHS.search(conf)
+    if not match:
+        raise ValueError("deploy/nginx.conf has no 'location ^~ /api/v1/dev/' block any more")
+    i = match.group("indent")
+    return (conf[: match.start()] + f"\n{i}# development stack: development tokens (dev mode only)\n"
+            f"{i}location ^~ /api/v1/dev/ {{\n{i}    proxy_pass http://inventory;\n{i}}}\n" + conf[match.end():])
 
 
 # ---- command line ---------------------------------------------------------------------------------------

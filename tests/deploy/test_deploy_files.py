@@ -9,7 +9,8 @@
 - deploy/postgres/init.sql: run on the machine's PostgreSQL in a transaction that
   is rolled back (in a throw-away database);
 - deploy/nginx.conf: rendered, checked by ``nginx -t``, then started in front of
-  three stand-in services.
+  stand-ins for the three services and the web app, and in front of the web app
+  itself as docker-compose.yml runs it.
 
 What needs a program or server this machine lacks (nginx, psql, rabbitmqctl, a
 running PostgreSQL or RabbitMQ) is skipped with the reason, or fails when
@@ -108,7 +109,7 @@ WORKER_SERVICES = {
     "booking-consumer": "booking",
     "notify-consumer": "notify",
 }
-APP_SERVICES = {"migrate", *API_SERVICES, *WORKER_SERVICES}
+APP_SERVICES = {"migrate", *API_SERVICES, *WORKER_SERVICES, "web"}
 
 EXPECTED_COMMANDS = {
     "migrate": ["python", "-m", "services", "migrate"],
@@ -120,6 +121,7 @@ EXPECTED_COMMANDS = {
     "notify-relay": ["python", "-m", "services.notify", "relay"],
     "booking-consumer": ["python", "-m", "services.booking", "consume"],
     "notify-consumer": ["python", "-m", "services.notify", "consume"],
+    "web": ["gunicorn", "-c", "deploy/gunicorn.conf.py", "services.web.app:create_app()"],
 }
 
 _INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -233,7 +235,11 @@ def test_compose_dependencies_exist_and_are_ordered(compose):
     for name in WORKER_SERVICES:
         assert _depends(services[name])["rabbitmq"]["condition"] == "service_healthy", name
     gateway = _depends(services["gateway"])
-    assert {k: v["condition"] for k, v in gateway.items()} == dict.fromkeys(API_SERVICES, "service_healthy")
+    assert {k: v["condition"] for k, v in gateway.items()} == dict.fromkeys([*API_SERVICES, "web"], "service_healthy")
+    # Restarted with each of them, so that nginx resolves their new addresses.
+    assert all(spec.get("restart") is True for spec in gateway.values())
+    # The web app reaches the API through the gateway at request time, so it waits for nothing.
+    assert _depends(services["web"]) == {}
 
     # No cycles: a topological order exists.
     order, pending = [], dict(services)
@@ -259,6 +265,7 @@ def test_compose_every_long_running_service_has_a_healthcheck(compose):
         code = compose["services"][name]["healthcheck"]["test"][-1]
         assert "http://127.0.0.1:8000/healthz" in code
     assert "/healthz" in " ".join(compose["services"]["gateway"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/static/app.css" in compose["services"]["web"]["healthcheck"]["test"][-1]
 
 
 def test_compose_bind_mounts_exist(compose):
@@ -274,7 +281,7 @@ def test_compose_bind_mounts_exist(compose):
     assert mounted["/etc/rabbitmq/rabbitmq.conf"] == DEPLOY / "rabbitmq" / "rabbitmq.conf"
     assert mounted["/etc/rabbitmq/definitions.json"] == DEFINITIONS_FILE
     assert mounted["/etc/nginx/templates/nginx.conf.template"] == DEPLOY / "nginx.conf"
-    assert set(compose["volumes"]) >= {"postgres-data", "rabbitmq-data"}
+    assert set(compose["volumes"]) >= {"postgres-data", "rabbitmq-data", "web-data"}
 
 
 def test_rabbitmq_loads_the_definitions_file():
@@ -312,6 +319,35 @@ def test_compose_each_process_gets_only_its_own_credentials(compose):
     assert _env(services["notify-consumer"])["LABSHARE_SMTP_URL"].startswith("smtp://")
 
 
+def test_compose_web_app_settings(compose):
+    """The web app: no database or broker, the API through the gateway, its login and session key."""
+    services = compose["services"]
+    web, gateway = services["web"], services["gateway"]
+    env = _env(web)
+    assert not {k for k in env if k.endswith(("_DATABASE_URL", "_BROKER_URL", "_PASSWORD"))}
+    assert env["LABSHARE_DEV_MODE"] == "0"
+    assert env["LABSHARE_BIND"] == "0.0.0.0:8000" and web["expose"] == ["8000"]
+    # The API through the gateway: its service name and the port it listens on, on the same network.
+    api = urlsplit(env["LABSHARE_API_URL"])
+    listen = _env(gateway)["GATEWAY_LISTEN"]
+    assert (api.scheme, api.hostname, str(api.port), api.path) == ("http", "gateway", listen, "")
+    assert web.get("networks", ["default"]) == gateway.get("networks", ["default"]) == ["default"]
+    # Logins: the OIDC issuer (shared) and the web app's own client.
+    for name in ("LABSHARE_OIDC_ISSUER", "LABSHARE_OIDC_CLIENT_ID", "LABSHARE_OIDC_CLIENT_SECRET",
+                 "LABSHARE_PUBLIC_URL"):
+        assert name in env, name
+    assert web["environment"]["LABSHARE_OIDC_CLIENT_SECRET"] == "${LABSHARE_OIDC_CLIENT_SECRET:-}"
+    # The session key from the environment, else the file the web app keeps in its data volume.
+    assert web["environment"]["LABSHARE_WEB_SECRET_KEY"] == "${LABSHARE_WEB_SECRET_KEY:-}"
+    assert interpolate(web["environment"]["LABSHARE_WEB_SECRET_KEY"], {"LABSHARE_WEB_SECRET_KEY": "k1"}) == "k1"
+    assert f"web-data:{env['LABSHARE_DATA_DIR']}" in web["volumes"]
+    # The image makes that directory for the unprivileged user, so the new volume is theirs.
+    runtime = _dockerfile_instructions()
+    user = [rest for word, rest in runtime if word == "USER"][-1].split(":")[0]
+    assert any(word == "RUN" and f"-o {user}" in rest and rest.endswith(env["LABSHARE_DATA_DIR"])
+               for word, rest in runtime)
+
+
 def test_compose_default_broker_passwords_match_the_definitions(compose):
     users = {u["name"]: u for u in json.loads(DEFINITIONS_FILE.read_text(encoding="utf-8"))["users"]}
     for name in set(API_SERVICES) | set(WORKER_SERVICES):
@@ -340,6 +376,9 @@ def test_compose_gateway_fills_every_placeholder_of_the_template(compose):
         host, port = env[f"GATEWAY_{svc.upper()}_UPSTREAM"].split(":")
         assert host in services[api]["networks"]["default"]["aliases"]
         assert _env(services[api])["LABSHARE_BIND"].endswith(f":{port}")
+    # web:8000 is the web app's service name and port.
+    host, port = env["GATEWAY_WEB_UPSTREAM"].split(":")
+    assert host in services and _env(services[host])["LABSHARE_BIND"].endswith(f":{port}")
     assert gateway["ports"] == ["${LABSHARE_PORT:-8080}:8080"] and env["GATEWAY_LISTEN"] == "8080"
 
 
@@ -358,6 +397,18 @@ def test_compose_api_healthcheck_passes_only_on_200(compose):
     finally:
         stub.close()
     assert _run_healthcheck(code, {}) != 0  # nothing listening
+
+
+def test_compose_web_healthcheck_asks_for_the_stylesheet(compose):
+    code = compose["services"]["web"]["healthcheck"]["test"][-1]
+    stub = Stub("web")
+    try:
+        code = code.replace("127.0.0.1:8000", f"127.0.0.1:{stub.port}")
+        assert _run_healthcheck(code, {}) == 0 and stub.hits("/static/app.css") == 1
+        stub.health = 503
+        assert _run_healthcheck(code, {}) != 0
+    finally:
+        stub.close()
 
 
 def test_compose_worker_healthcheck_reaches_database_and_broker(compose):
@@ -935,8 +986,20 @@ def test_nginx_accepts_the_rendered_config(tmp_path):
 # ==== deploy/nginx.conf: the gateway in front of stand-in services ==========================
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Says nothing when nginx drops an idle keep-alive connection (a gateway of a test stops)."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionResetError):
+            super().handle_error(request, client_address)
+
+
 class Stub:
-    """A stand-in service on 127.0.0.1: records requests, answers JSON naming itself."""
+    """A stand-in service on 127.0.0.1: records requests, answers JSON naming itself.
+
+    The one named "web" stands in for the web app: HTML pages, its stylesheet under /static/
+    (with the status in ``health``), a redirect to /login for /, and its own HTML 404 page.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -975,7 +1038,7 @@ class Stub:
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -991,6 +1054,8 @@ class Stub:
 
     def respond(self, record: dict) -> tuple[int, dict[str, str], bytes]:
         path = record["path"]
+        if self.name == "web":
+            return self.respond_as_web_app(path)
         if path == "/healthz":
             body = {"service": self.name, "status": "ok" if self.health == 200 else "down"}
             return self.health, {"Content-Type": "application/json"}, json.dumps(body).encode()
@@ -1027,6 +1092,20 @@ class Stub:
             body["items"] = [{"id": i, "name": f"resource {i}"} for i in range(200)]
         return 200, {"Content-Type": "application/json", "X-Request-Id": "from-upstream"}, json.dumps(body).encode()
 
+    WEB_PAGES = ("/login", "/find", "/resources/r-1", "/manage/labs/new", "/bookings/b-1", "/healthzx", "/feedsx",
+                 "/openapi.json", "/apixyz", "/index.html")
+
+    def respond_as_web_app(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        html = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
+        if path.startswith("/static/"):
+            css = "".join(f".rule-{i} {{ margin: {i}px; }}\n" for i in range(100)).encode()
+            return self.health, {"Content-Type": "text/css; charset=utf-8", "ETag": '"css-v1"'}, css
+        if path == "/":
+            return 302, {**html, "Location": "/login?next=%2F"}, b""
+        if path.split("?")[0] in self.WEB_PAGES:
+            return 200, html, f"<!doctype html><title>labshare</title><main>{path}</main>".encode()
+        return 404, html, b"<!doctype html><title>labshare</title><p>There is no page here.</p>"
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -1052,7 +1131,7 @@ def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[i
 class Gateway:
     """nginx on a free 127.0.0.1 port, configured by render_nginx.write_local_config."""
 
-    def __init__(self, state_dir: Path, inventory: str, booking: str, notify: str, **rates: str) -> None:
+    def __init__(self, state_dir: Path, inventory: str, booking: str, notify: str, web: str, **rates: str) -> None:
         binary = _nginx_binary()
         self.access_log = state_dir / "access.log"
         self.error_log = state_dir / "error.log"
@@ -1064,6 +1143,7 @@ class Gateway:
                 inventory=inventory,
                 booking=booking,
                 notify=notify,
+                web=web,
                 **rates,
             )
             with self.access_log.open("ab") as out, self.error_log.open("ab") as err:
@@ -1082,7 +1162,7 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def stubs() -> Iterator[dict[str, Stub]]:
-    services = {name: Stub(name) for name in ("inventory", "booking", "notify")}
+    services = {name: Stub(name) for name in ("inventory", "booking", "notify", "web")}
     yield services
     for stub in services.values():
         stub.close()
@@ -1095,6 +1175,7 @@ def gateway(stubs, tmp_path_factory) -> Iterator[Gateway]:
         inventory=stubs["inventory"].address,
         booking=stubs["booking"].address,
         notify=stubs["notify"].address,
+        web=stubs["web"].address,
     )
     yield gw
     gw.stop()
@@ -1160,19 +1241,18 @@ def test_gateway_feed_paths_go_to_booking(gateway, stubs):
     [
         ("POST", "/api/v1/dev/token"),
         ("GET", "/api/v1/dev/token"),
-        ("GET", "/"),
         ("GET", "/api"),
+        ("GET", "/api/"),
         ("GET", "/api/v1/unknown"),
         ("GET", "/api/v1/labsx"),
         ("GET", "/api/v2/labs"),
-        ("GET", "/openapi.json"),
+        ("DELETE", "/api/v1"),
         ("GET", "/api/v1/openapi/other.json"),
         ("GET", "/_labshare/health/inventory"),
         ("GET", "/_problem/502"),
-        ("DELETE", "/index.html"),
     ],
 )
-def test_gateway_unknown_paths_are_404_problems(gateway, stubs, method, path):
+def test_gateway_api_paths_no_service_claims_are_404_problems(gateway, stubs, method, path):
     before = sum(len(s.requests) for s in stubs.values())
     status, headers, payload = _request(gateway.port, method, path, body=b"{}" if method == "POST" else None)
     assert status == 404
@@ -1182,14 +1262,70 @@ def test_gateway_unknown_paths_are_404_problems(gateway, stubs, method, path):
     assert sum(len(s.requests) for s in stubs.values()) == before, "must not reach a service"
 
 
+def test_gateway_serves_the_web_app_at_the_root(gateway, stubs):
+    web = stubs["web"]
+    before = web.hits("/")
+    status, headers, payload = _get(gateway.port, "/", headers={"X-Request-Id": "page-1"})
+    assert status == 302 and headers["location"] == "/login?next=%2F" and payload == b""
+    assert headers["x-stub-service"] == "web" and headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["x-request-id"] == "page-1"
+    assert web.hits("/") == before + 1
+    forwarded = web.requests[-1]["headers"]
+    assert forwarded["x-request-id"] == "page-1" and forwarded["host"] == f"127.0.0.1:{gateway.port}"
+    assert forwarded["x-forwarded-for"] == "127.0.0.1" and forwarded["x-forwarded-proto"] == "http"
+
+
+@pytest.mark.parametrize("path", [*Stub.WEB_PAGES, "/find?q=confocal&lab=l-1", "/static/app.css"])
+def test_gateway_sends_every_path_no_api_claims_to_the_web_app(gateway, stubs, path):
+    others = sum(len(s.requests) for name, s in stubs.items() if name != "web")
+    status, headers, payload = _get(gateway.port, path)
+    assert status == 200 and headers["x-stub-service"] == "web", path
+    assert headers["content-type"].startswith(("text/html", "text/css"))
+    assert stubs["web"].requests[-1]["path"] == path
+    assert sum(len(s.requests) for name, s in stubs.items() if name != "web") == others
+
+
+def test_gateway_passes_the_web_apps_own_answers_through(gateway, stubs):
+    """Its 404 page and its forms' POSTs reach the browser as the web app made them; pages compress."""
+    status, headers, payload = _request(gateway.port, "DELETE", "/nowhere")
+    assert status == 404 and headers["content-type"] == "text/html; charset=utf-8"
+    assert b"There is no page here." in payload
+    status, _, _ = _request(gateway.port, "POST", "/login", body=b"csrf_token=x&user=ada",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200 and stubs["web"].requests[-1]["body_bytes"] == len(b"csrf_token=x&user=ada")
+    status, headers, payload = _get(gateway.port, "/static/app.css", headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers.get("content-encoding") == "gzip"
+    assert gzip.decompress(payload).startswith(b".rule-0 ")
+    assert headers["etag"] == 'W/"css-v1"', "gzip weakens an ETag (only feeds must keep theirs strong)"
+
+
+def test_gateway_pages_are_502_problems_while_the_web_app_is_down(stubs, tmp_path):
+    gw = Gateway(
+        tmp_path,
+        inventory=stubs["inventory"].address,
+        booking=stubs["booking"].address,
+        notify=stubs["notify"].address,
+        web=f"127.0.0.1:{_free_port()}",  # nothing listens there
+    )
+    try:
+        status, headers, payload = _get(gw.port, "/login")
+        assert status == 502 and headers["content-type"] == "application/problem+json"
+        assert json.loads(payload)["status"] == 502
+        assert _get(gw.port, "/api/v1/labs")[0] == 200
+        assert _get(gw.port, "/healthz")[0] == 200, "the gateway's health is the three services'"
+    finally:
+        gw.stop()
+
+
 def test_gateway_healthz_is_200_only_when_all_three_are(gateway, stubs):
-    before = {name: stub.hits("/healthz") for name, stub in stubs.items()}
+    apis = {name: stubs[name] for name in ("inventory", "booking", "notify")}
+    before = {name: stub.hits("/healthz") for name, stub in apis.items()}
     status, headers, payload = _get(gateway.port, "/healthz")
     assert status == 200, payload
     assert headers["content-type"] == "application/json"
     assert json.loads(payload)["status"] == "ok"
-    assert all(stub.hits("/healthz") == before[name] + 1 for name, stub in stubs.items())
-    assert {stub.requests[-1]["headers"].get("x-request-id") for stub in stubs.values()} == {headers["x-request-id"]}
+    assert all(stub.hits("/healthz") == before[name] + 1 for name, stub in apis.items())
+    assert {stub.requests[-1]["headers"].get("x-request-id") for stub in apis.values()} == {headers["x-request-id"]}
     for name in ("inventory", "booking", "notify"):
         stubs[name].health = 503
         try:
@@ -1209,6 +1345,7 @@ def test_gateway_healthz_is_503_and_routes_502_when_a_service_is_down(stubs, tmp
         inventory=stubs["inventory"].address,
         booking=stubs["booking"].address,
         notify=f"127.0.0.1:{_free_port()}",  # nothing listens there
+        web=stubs["web"].address,
     )
     try:
         status, headers, payload = _get(gw.port, "/healthz")
@@ -1259,7 +1396,7 @@ def test_gateway_request_ids(gateway, stubs):
     status, headers, payload = _get(gateway.port, "/api/v1/labs", headers={"X-Request-Id": 'bad id "quoted"'})
     assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
     assert json.loads(payload)["request_id"] == headers["x-request-id"]
-    status, headers, payload = _get(gateway.port, "/nowhere", headers={"X-Request-Id": "client-id-2"})
+    status, headers, payload = _get(gateway.port, "/api/nowhere", headers={"X-Request-Id": "client-id-2"})
     assert headers["x-request-id"] == "client-id-2" and json.loads(payload)["request_id"] == "client-id-2"
     forwarded = stubs["inventory"].requests[-1]["headers"]
     assert forwarded["x-forwarded-for"] == "127.0.0.1" and forwarded["x-forwarded-proto"] == "http"
@@ -1324,6 +1461,7 @@ def test_gateway_rate_limits_with_problem_json(stubs, tmp_path):
         inventory=stubs["inventory"].address,
         booking=stubs["booking"].address,
         notify=stubs["notify"].address,
+        web=stubs["web"].address,
         api_rate="1r/m",
         feeds_rate="1r/m",
     )
@@ -1343,4 +1481,59 @@ def test_gateway_rate_limits_with_problem_json(stubs, tmp_path):
         assert statuses[-1] == 429 and set(statuses[:-1]) == {200} and 100 <= len(statuses) <= 102
         assert _get(gw.port, "/feeds/labs/rate-l1.ics")[0] == 200, "feeds have their own allowance"
     finally:
+        gw.stop()
+
+
+@pytest.mark.e2e
+def test_gateway_in_front_of_the_web_app_as_compose_runs_it(compose, stubs, tmp_path):
+    """The compose web service's command and environment (production: dev mode off), behind nginx."""
+    web = compose["services"]["web"]
+    web_port = _free_port()
+    gw = Gateway(
+        tmp_path / "gateway",
+        inventory=stubs["inventory"].address,
+        booking=stubs["booking"].address,
+        notify=stubs["notify"].address,
+        web=f"127.0.0.1:{web_port}",
+    )
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABSHARE_", "PROMETHEUS_"))}
+    env.update(_env(web))
+    # On this machine: a loopback port, the gateway above, a data directory of the test's own.
+    env.update(LABSHARE_BIND=f"127.0.0.1:{web_port}", LABSHARE_API_URL=f"http://127.0.0.1:{gw.port}",
+               LABSHARE_DATA_DIR=str(data), LABSHARE_WORKERS="1")
+    command = web["command"]
+    assert command[0] == "gunicorn"
+    log = tmp_path / "web.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", *command], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        assert _wait_for_port(web_port, proc, timeout=30), log.read_text()
+        healthcheck = web["healthcheck"]["test"][-1].replace("127.0.0.1:8000", f"127.0.0.1:{web_port}")
+        assert _run_healthcheck(healthcheck, {}) == 0, log.read_text()
+
+        status, headers, _ = _get(gw.port, "/")
+        assert status == 302 and headers["location"].startswith("/login?next=")
+        status, headers, payload = _get(gw.port, "/login", headers={"Accept-Encoding": "gzip"})
+        assert status == 200, log.read_text()
+        assert headers["content-type"].startswith("text/html") and headers["content-encoding"] == "gzip"
+        assert headers["cache-control"] == "no-store" and "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert b"<html" in gzip.decompress(payload)
+        assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
+        status, headers, payload = _get(gw.port, "/static/app.css")
+        assert status == 200 and headers["content-type"].startswith("text/css") and payload
+        status, headers, _ = _get(gw.port, "/no-such-page")
+        assert status == 404 and headers["content-type"].startswith("text/html")
+        # Dev mode is off: no development login, and the API's token endpoint is closed.
+        assert _request(gw.port, "POST", "/login/dev", body=b"")[0] in (400, 404)
+        assert _request(gw.port, "POST", "/api/v1/dev/token", body=b"{}")[0] == 404
+        # The API still goes to the services.
+        status, headers, _ = _get(gw.port, "/api/v1/labs")
+        assert status == 200 and headers["x-stub-service"] == "inventory"
+        # No LABSHARE_WEB_SECRET_KEY given: the key is a file in the data directory, for the user alone.
+        key = data / "web-secret-key"
+        assert key.exists() and (key.stat().st_mode & 0o777) == 0o600 and len(key.read_text().strip()) >= 32
+    finally:
+        _stop(proc)
         gw.stop()

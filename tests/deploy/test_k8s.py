@@ -407,9 +407,10 @@ def test_ingress_routes_the_contracts_path_table_over_tls(rendered):
     env = {e["name"]: e["value"] for e in gateway["env"]}
     assert {k for k in env if k.startswith("GATEWAY_")} == set(render_nginx.DEFAULTS)
     render_nginx.resolve({k: env[k] for k in render_nginx.DEFAULTS}, env={})
-    for svc in SERVICES:
+    for svc in (*SERVICES, "web"):
         host_, port = env[f"GATEWAY_{svc.upper()}_UPSTREAM"].split(":")
         assert host_ in services and int(port) in {p["port"] for p in services[host_]["spec"]["ports"]}
+    assert env["GATEWAY_WEB_UPSTREAM"].startswith("labshare-web:")
 
 
 def test_services_select_the_pods_of_one_workload(rendered):

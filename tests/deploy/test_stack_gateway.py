@@ -1,5 +1,5 @@
-"""The gateway of ``make stack``: deploy/nginx.conf with several replicas per upstream (render_nginx.py)
-and the stack's two development routes (deploy/stack.py), checked by ``nginx -t``.
+"""The gateway of ``make stack``: deploy/nginx.conf with several replicas per upstream (render_nginx.py),
+the web app's upstream, and the stack's one development route (deploy/stack.py), checked by ``nginx -t``.
 
 The stack itself runs in tests/e2e/test_stack.py.
 """
@@ -78,24 +78,46 @@ def test_render_nginx_command_line_takes_a_list(tmp_path):
     assert _upstream(out.read_text(), "booking") == ["127.0.0.1:9012", "127.0.0.1:9022"]
 
 
-def test_the_stacks_development_routes(tmp_path):
+def test_the_stacks_development_route(tmp_path):
     conf = render_nginx.write_local_config(tmp_path, listen="127.0.0.1:18080", booking=["127.0.0.1:1", "127.0.0.1:2"])
     production = conf.read_text()
-    text = stack.development_routes(production, "127.0.0.1:18090", dev_mode=True)
-    assert _upstream(text, "labshare_web") == ["127.0.0.1:18090"]
+    text = stack.development_routes(production)
     dev = re.search(r"location \^~ /api/v1/dev/ \{(.*?)\}", text, re.S).group(1)
     assert "proxy_pass http://inventory;" in dev and "return 404" not in dev
-    catch_all = re.search(r"\n\s*location / \{(.*?)\}", text, re.S).group(1)
-    assert "proxy_pass http://labshare_web;" in catch_all
-    api = re.search(r"\n\s*location /api/ \{(.*?)\n\s*\}", text, re.S).group(1)
-    assert "return 404" in api and "application/problem+json" in api
-    # Everything else is the production configuration, untouched.
-    assert text.count("location ") == production.count("location ") + 1
-    assert stack.development_routes(production, None, dev_mode=False) == production
+    # Everything else is the production configuration, untouched: the web app's route is its own.
+    assert text.count("location ") == production.count("location ")
+    def without_dev_route(conf: str) -> str:
+        conf = re.sub(r"\n *# development stack:[^\n]*", "", conf)
+        return re.sub(r"\n *location \^~ /api/v1/dev/ \{.*?\n        \}\n", "\n", conf, flags=re.S)
+
+    assert without_dev_route(text) == without_dev_route(production) != production
     conf.write_text(text)
     result = subprocess.run(render_nginx.nginx_command(conf, nginx=_nginx(), test=True), capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_stacks_gateway_is_the_production_one_with_its_web_app(tmp_path):
+    """One source of routes: the stack renders deploy/nginx.conf with its replicas and web app, adds only dev tokens."""
+    s = stack.Stack(state_dir=tmp_path, port=18080)
+    for c in s.plan():
+        s.components[c.name] = c
+    text = s.gateway_config().read_text()
+    assert _upstream(text, "web") == [s.components["web"].address]
+    assert _upstream(text, "booking") == [s.components[f"booking-api-{i}"].address for i in (1, 2)]
+    production = render_nginx.render({
+        "GATEWAY_LISTEN": f"127.0.0.1:{s.port}", "GATEWAY_STATE_DIR": str(tmp_path / "gateway"),
+        "GATEWAY_API_RATE": s.api_rate, "GATEWAY_FEEDS_RATE": s.feeds_rate,
+        **{f"GATEWAY_{name.upper()}_UPSTREAM": ",".join(
+            c.address for c in s.components.values() if c.service == name and c.kind in ("api", "web"))
+           for name in ("inventory", "booking", "notify", "web")},
+    }, env={})
+    assert text == stack.development_routes(production)
+    s.dev_mode = False
+    assert s.gateway_config().read_text() == production
+    # Without the web app its upstream is a port nothing listens on: pages answer 502, the API works.
+    del s.components["web"]
+    assert _upstream(s.gateway_config().read_text(), "web")[0].startswith("127.0.0.1:")
 
 
 def test_the_stack_runs_the_commands_of_the_containers(tmp_path):
