@@ -4,15 +4,15 @@
 --
 -- IDS and TOKENS are comma-separated. Thread t books its own block of SPAN_DAYS days from BASE_EPOCH:
 -- request n books resource n % #ids at 15-minute slot floor(n / #ids) of that block, as user n % #tokens,
--- so no two requests ever ask for the same resource and time. done() prints "BENCH_RESULT {json}".
+-- so no two requests ever ask for the same resource and time. done() prints "BENCH_RESULT {json}"
+-- (bench/wrk_result.lua).
 
-local threads = {}
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local result = require("wrk_result")
+
+setup, response, done = result.setup, result.response, result.done
+
 local counter = 0
-
-function setup(thread)
-  thread:set("tid", #threads)
-  table.insert(threads, thread)
-end
 
 local ids = {}
 local tokens = {}
@@ -26,7 +26,7 @@ function init(args)
   for token in string.gmatch(args[4], "[^,]+") do
     table.insert(tokens, token)
   end
-  statuses = {}
+  result.init()
 end
 
 local function stamp(epoch)
@@ -42,29 +42,4 @@ function request()
   local headers = {["Content-Type"] = "application/json",
                    ["Authorization"] = "Bearer " .. tokens[(n % #tokens) + 1]}
   return wrk.format("POST", "/api/v1/bookings", headers, body)
-end
-
-function response(status, hdrs, body)
-  statuses[status] = (statuses[status] or 0) + 1
-end
-
-function done(summary, latency, requests)
-  local merged = {}
-  for _, thread in ipairs(threads) do
-    for code, count in pairs(thread:get("statuses") or {}) do
-      merged[code] = (merged[code] or 0) + count
-    end
-  end
-  local seen = {}
-  for code, count in pairs(merged) do
-    seen[#seen + 1] = string.format('"%d":%d', code, count)
-  end
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_RESULT {"requests":%d,"duration_us":%d,"statuses":{%s},' ..
-    '"errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d},' ..
-    '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d}}\n',
-    summary.requests, summary.duration, table.concat(seen, ","),
-    e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
