@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import DateTime, Engine, Insert, Table, create_engine, event, insert, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
@@ -109,11 +111,36 @@ class Database:
         self.engine.dispose()
 
 
-@functools.cache
-def insert_into(table: Table) -> Insert:
-    """A plain INSERT into ``table``, built once so SQLAlchemy compiles it once; execute it with a list
-    of rows on ``session.connection()`` (executemany, which the PostgreSQL driver pipelines)."""
-    return insert(table)
+def upsert_insert(session: Session, table: Any) -> Any:
+    """An INSERT of the session's dialect that supports ``on_conflict_do_update``/``_do_nothing``
+    (PostgreSQL or SQLite); ``table`` is a Table or a mapped class."""
+    return pg_insert(table) if session.get_bind().dialect.name == "postgresql" else sqlite_insert(table)
+
+
+#: The statements of ``insert_rows``, by table, dialect and ``on_conflict``.
+_INSERTS: dict[tuple, Insert] = {}
+
+
+def insert_rows(
+    session: Session, table: Table, rows: Sequence[Mapping[str, Any]],
+    on_conflict: Callable[[Any], Insert] | None = None,
+) -> None:
+    """INSERT ``rows`` (dicts with the same keys): one row as a plain execute, several as executemany
+    (which the PostgreSQL driver pipelines into one round trip).
+
+    The statement is built once per table, dialect and ``on_conflict`` (which turns
+    the dialect's INSERT into an upsert, e.g. ``lambda stmt: stmt.on_conflict_do_nothing()``),
+    so SQLAlchemy compiles it once: that keeps the write path cheap, where a
+    multi-row ``values()`` would be compiled anew on every call.
+    """
+    if not rows:
+        return
+    shape = (table, session.get_bind().dialect.name, on_conflict)
+    stmt = _INSERTS.get(shape)
+    if stmt is None:
+        stmt = on_conflict(upsert_insert(session, table)) if on_conflict else insert(table)
+        _INSERTS[shape] = stmt
+    session.connection().execute(stmt, rows[0] if len(rows) == 1 else list(rows))
 
 
 def psycopg_url(url: str) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.db import UTCDateTime, insert_into
+from shared.db import UTCDateTime, insert_rows
 from shared.timeutil import now
 
 
@@ -66,7 +66,7 @@ def add_event(session: Session, outbox: Table, *events: dict[str, Any]) -> None:
         for e in events
     ]
     if rows:
-        session.connection().execute(insert_into(outbox), rows)
+        insert_rows(session, outbox, rows)
 
 
 def remember(session: Session, inbox: Table, event: dict[str, Any]) -> bool:

@@ -31,12 +31,10 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.booking.domain import BILLED, LIVE, Interval, Place, Policy
-from shared.db import UTCDateTime, insert_into
+from shared.db import UTCDateTime, insert_rows, upsert_insert
 from shared.outbox import define_outbox
 from shared.timeutil import iso, parse_rfc3339
 from shared.timeutil import now as utcnow
@@ -206,9 +204,7 @@ def insert_bookings(session: Session, rows: Sequence[Booking]) -> None:
     The rows stay transient: nothing later in the transaction should expect them in the session.
     """
     columns = Booking.__table__.columns
-    session.connection().execute(insert_into(Booking.__table__), [
-        {c.key: getattr(row, c.key) for c in columns} for row in rows
-    ])
+    insert_rows(session, Booking.__table__, [{c.key: getattr(row, c.key) for c in columns} for row in rows])
 
 
 def place_of(lab: Any, res: Any) -> Place:
@@ -472,27 +468,12 @@ FEED_COLUMNS = (
 )
 
 
-def _upsert(session: Session, table):
-    """The dialect's INSERT that supports ``on_conflict_do_update`` (PostgreSQL or SQLite)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return pg_insert(table)
-    return sqlite_insert(table)
-
-
-_BUMPS: dict[str, Any] = {}
-
-
-def _bump_statement(session: Session):
-    """The feed-version upsert of the session's dialect, built once (so its compiled form is cached)."""
-    dialect = session.get_bind().dialect.name
-    if dialect not in _BUMPS:
-        table = FeedVersion.__table__
-        stmt = _upsert(session, table)
-        _BUMPS[dialect] = stmt.on_conflict_do_update(
-            index_elements=[table.c.scope, table.c.key],
-            set_={"version": table.c.version + 1, "changed_at": stmt.excluded.changed_at},
-        )
-    return _BUMPS[dialect]
+def _bump(stmt):
+    """A feed-version upsert: a new key starts at 1, a known one counts up."""
+    return stmt.on_conflict_do_update(
+        index_elements=[stmt.table.c.scope, stmt.table.c.key],
+        set_={"version": stmt.table.c.version + 1, "changed_at": stmt.excluded.changed_at},
+    )
 
 
 def bump_feeds(
@@ -515,7 +496,7 @@ def bump_feeds(
         for key in sorted({k for k in keys[scope] if k})
     ]
     if rows:
-        session.connection().execute(_bump_statement(session), rows)
+        insert_rows(session, FeedVersion.__table__, rows, on_conflict=_bump)
 
 
 def bump_feeds_for(session: Session, bookings: Iterable[Booking]) -> None:
@@ -596,7 +577,7 @@ def user_feed_state(session: Session, token_hash: str):
 def set_feed_token(session: Session, user_sub: str, token_hash: str, at: dt.datetime) -> None:
     """Give a user a new feed token; the old one stops working with this transaction."""
     table = FeedToken.__table__
-    stmt = _upsert(session, table).values(user_sub=user_sub, token_hash=token_hash, created_at=at)
+    stmt = upsert_insert(session, table).values(user_sub=user_sub, token_hash=token_hash, created_at=at)
     session.execute(stmt.on_conflict_do_update(
         index_elements=[table.c.user_sub],
         set_={"token_hash": stmt.excluded.token_hash, "created_at": stmt.excluded.created_at},

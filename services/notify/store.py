@@ -29,12 +29,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.notify.domain import Person
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, upsert_insert
 from shared.outbox import define_outbox
 from shared.timeutil import iso, parse_rfc3339
 
@@ -250,16 +248,12 @@ class DeliveryAttempt(Base):
 # -- what the events taught notify ------------------------------------------------------------------
 
 
-def _insert(session: Session):
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 def remember_person(session: Session, person: Person, at: dt.datetime) -> None:
     """Record a person's newest name and address."""
     if not person.sub:
         return
     values = {"sub": person.sub, "name": person.name, "email": person.email, "updated_at": at}
-    stmt = _insert(session)(Recipient).values(**values)
+    stmt = upsert_insert(session, Recipient).values(**values)
     session.execute(stmt.on_conflict_do_update(index_elements=["sub"], set_=values))
 
 
@@ -369,7 +363,7 @@ def claim_due_reminders(session: Session, now: dt.datetime, limit: int) -> list[
 
 def add_delivery(session: Session, values: dict[str, Any]) -> bool:
     """Queue a delivery unless one with the same key exists; True when it was added."""
-    stmt = _insert(session)(Delivery).values(**values).on_conflict_do_nothing(index_elements=["key"])
+    stmt = upsert_insert(session, Delivery).values(**values).on_conflict_do_nothing(index_elements=["key"])
     return session.execute(stmt).rowcount == 1
 
 
