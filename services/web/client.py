@@ -129,7 +129,19 @@ class Api:
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                 json_body: Any = None, token: str | None = None) -> Any:
         """One call; the decoded JSON answer (None for 204), or an ``ApiError``."""
-        headers = {"Accept": "application/json"}
+        resp = self._send(method, path, params, json_body, token, "application/json")
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+    def download(self, path: str, accept: str, **params: Any) -> tuple[bytes, str]:
+        """A GET whose answer is not JSON (a CSV export): its body and content type, or an ``ApiError``."""
+        resp = self._send("GET", path, params, None, None, accept)
+        return resp.content, resp.headers.get("Content-Type", accept)
+
+    def _send(self, method: str, path: str, params: dict[str, Any] | None, json_body: Any, token: str | None,
+              accept: str) -> requests.Response:
+        headers = {"Accept": accept}
         bearer = token or self.token
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
@@ -145,9 +157,7 @@ class Api:
             raise Unavailable(503, {"title": "API unreachable", "detail": str(exc)}) from exc
         if resp.status_code >= 400:
             raise error_for(resp)
-        if resp.status_code == 204 or not resp.content:
-            return None
-        return resp.json()
+        return resp
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from babel import Locale
-from babel.dates import format_date, format_skeleton, format_time, get_day_names
+from babel.dates import format_date, format_interval, format_skeleton, format_time, get_day_names
+from babel.numbers import format_currency, format_decimal, format_percent
 from babel.units import format_unit
 from flask import request
 from flask_babel import get_locale
@@ -116,6 +117,34 @@ def fmt_duration(minutes: int | float) -> str:
         return format_unit(hours, "duration-hour", length="long", locale=loc)
     return (format_unit(hours, "duration-hour", length="short", locale=loc) + " "
             + format_unit(rest, "duration-minute", length="short", locale=loc))
+
+
+def fmt_hours(hours: float) -> str:
+    """3.5 → "3.5 hr" / "3,5 t": a number of hours, at most one decimal, in the user's language."""
+    return format_unit(round(hours, 1), "duration-hour", length="short", format="#,##0.#", locale=_loc())
+
+
+def fmt_percent(share: float | None) -> str:
+    """0.2 → "20%" / "20 %"; None (never open) → "–"."""
+    return "–" if share is None else format_percent(share, format="#,##0%", locale=_loc())
+
+
+def fmt_number(value: float, digits: int = 2) -> str:
+    return format_decimal(value, format="#,##0." + "#" * digits, locale=_loc())
+
+
+def fmt_money(amounts: Mapping[str, float]) -> str:
+    """Amounts per currency ("NOK 1,900.00", "1 900,00 kr"), several joined; "–" when there is none."""
+    if not amounts:
+        return "–"
+    return ", ".join(format_currency(v, c, locale=_loc()) if c else fmt_number(v) for c, v in sorted(amounts.items()))
+
+
+def fmt_period(first: dt.date, last: dt.date) -> str:
+    """The days ``first`` to ``last`` (both included): "1–31 Mar 2026", "1 Mar – 2 Apr 2026"."""
+    if first == last:
+        return format_skeleton("yMMMd", first, locale=_loc())
+    return format_interval(first, last, "yMMMd", locale=_loc())
 
 
 def day_names() -> dict[str, str]:

@@ -184,6 +184,9 @@ template_filters: dict[str, Callable] = {
     "duration": i18n.fmt_duration,
     "clock": lambda value, tz: i18n.fmt_clock(value, tz),
     "day": i18n.fmt_day,
+    "hours": i18n.fmt_hours,
+    "percent": i18n.fmt_percent,
+    "money": i18n.fmt_money,
 }
 
 

@@ -32,6 +32,22 @@ RESOURCE = {"id": "res-1", "lab_id": "lab-1", "name": "Zeiss LSM 980 confocal", 
             "category": "microscopy/confocal", "description": "", "status": "active", "policy": POLICY,
             "rates": {"internal": 450, "external": 1200, "currency": "NOK"}}
 WEB_DIR = Path(__file__).resolve().parents[2] / "services" / "web"
+USAGE = [
+    {"resource_id": "res-1", "resource_name": "Zeiss LSM 980 confocal", "org": "ntnu", "project": "NFR-1",
+     "bookings": 2, "hours": 3.0, "rate": 450, "amount": 1350.0, "currency": "NOK"},
+    {"resource_id": "res-1", "resource_name": "Zeiss LSM 980 confocal", "org": "pulsetech", "project": "",
+     "bookings": 1, "hours": 1.5, "rate": 1200, "amount": 1800.0, "currency": "NOK"},
+    {"resource_id": "res-2", "resource_name": "Leica Stellaris 8 confocal", "org": "ntnu", "project": "NFR-1",
+     "bookings": 1, "hours": 6.0, "rate": 400, "amount": 2400.0, "currency": "NOK"},
+]
+UTILISATION = [
+    {"resource_id": "res-1", "resource_name": "Zeiss LSM 980 confocal", "status": "active", "open_hours": 15.0,
+     "booked_hours": 4.5, "no_show_hours": 0.0, "utilisation": 0.3},
+    {"resource_id": "res-2", "resource_name": "Leica Stellaris 8 confocal", "status": "active", "open_hours": 15.0,
+     "booked_hours": 6.0, "no_show_hours": 1.0, "utilisation": 0.4},
+    {"resource_id": "res-3", "resource_name": "BD FACSymphony A5 flow cytometer", "status": "active",
+     "open_hours": 0.0, "booked_hours": 0.0, "no_show_hours": 0.0, "utilisation": None},
+]
 
 
 def problem(status: int, **extra) -> Response:
@@ -90,6 +106,18 @@ def stub_api() -> Flask:
         if body["title"] == "expired":
             return problem(401)
         return ok({**body, "id": "b-1", "status": "confirmed", "user": {"sub": "ada"}}, 201)
+
+    @api.get("/api/v1/usage")
+    def usage():
+        api.config["usage_args"] = dict(request.args)
+        if request.args.get("format") == "csv":
+            return Response("resource_id,resource_name,org\r\nres-1,Zeiss LSM 980 confocal,ntnu\r\n",
+                            mimetype="text/csv")
+        return ok({"items": USAGE, "next": None})
+
+    @api.get("/api/v1/utilisation")
+    def utilisation():
+        return ok({"lab_id": "lab-1", "items": UTILISATION, "next": None})
 
     return api
 
@@ -307,3 +335,93 @@ def test_production_login_is_oidc_with_pkce(tmp_path, api):
     for part in ("response_type=code", "client_id=labshare-web", "code_challenge=", "code_challenge_method=S256",
                  "redirect_uri=https%3A%2F%2Flabshare.example.org%2Flogin%2Fcallback", "state="):
         assert part in location, location
+
+
+def _bars(page: str, chart: str) -> list[tuple[str, float, str]]:
+    """(label, bar width, value text) of each bar of one chart of a page."""
+    svg = re.search(rf'<svg class="chart" id="{chart}".*?</svg>', page, re.S).group(0)
+    return [(label, float(width), text) for label, width, text in re.findall(
+        r'<text class="label"[^>]*>([^<]*)</text>\s*<rect [^>]*width="([^"]+)"[^>]*></rect>\s*'
+        r'<text class="value"[^>]*>([^<]*)</text>', svg)]
+
+
+def test_usage_charts_and_tables_for_a_period(client, api):
+    log_in(client, "imaging-manager")
+    resp = client.get("/manage/usage?lab=lab-1&from=2030-01-07&to=2030-01-13")
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200, page
+    # The period is the lab's days, the last one included.
+    assert api.config["usage_args"] == {"lab_id": "lab-1", "from": "2030-01-07T00:00:00+01:00",
+                                        "to": "2030-01-14T00:00:00+01:00"}
+    bars = _bars(page, "usage-chart")
+    assert [(label, text) for label, _w, text in bars] == [("Leica Stellaris 8 confocal", "6 hrs"),
+                                                          ("Zeiss LSM 980 confocal", "4.5 hrs"),
+                                                          ("BD FACSymphony A5 flow cytometer", "0 hrs")]
+    assert bars[1][1] == pytest.approx(bars[0][1] * 4.5 / 6) and bars[2][1] == 0
+    assert '<title id="usage-chart-title">Hours booked per instrument, 7\u2009–\u200913 Jan 2030</title>' in page
+    assert "Leica Stellaris 8 confocal: 6 hrs; Zeiss LSM 980 confocal: 4.5 hrs;" in page
+    assert 'aria-labelledby="usage-chart-title usage-chart-desc"' in page
+    assert re.search(r"<th scope=\"row\">Zeiss LSM 980 confocal</th><td>3</td><td>4.5 hrs</td><td>NOK3,150.00</td>",
+                     page)
+    util = _bars(page, "util-chart")
+    assert [(label, text) for label, _w, text in util] == [("Leica Stellaris 8 confocal", "40%"),
+                                                          ("Zeiss LSM 980 confocal", "30%"),
+                                                          ("BD FACSymphony A5 flow cytometer", "–")]
+    assert util[0][1] == pytest.approx(392 * 0.4)  # the scale is 0–100 %
+    assert 'href="/manage/usage.csv?lab=lab-1&amp;from=2030-01-07&amp;to=2030-01-13"' in page
+
+    page = client.get("/manage/usage?lab=lab-1&from=2030-01-07&to=2030-01-13&by=org").get_data(as_text=True)
+    assert [(label, text) for label, _w, text in _bars(page, "usage-chart")] == [("ntnu", "9 hrs"),
+                                                                               ("pulsetech", "1.5 hrs")]
+    page = client.get("/manage/usage?lab=lab-1&from=2030-01-07&to=2030-01-13&by=project",
+                      headers={"Accept-Language": "nb"}).get_data(as_text=True)
+    assert [(label, text) for label, _w, text in _bars(page, "usage-chart")] == [("NFR-1", "9 t"),
+                                                                               ("Uten prosjekt", "1,5 t")]
+
+
+def test_usage_refuses_a_bad_period_next_to_its_field(client, api):
+    log_in(client, "imaging-manager")
+    resp = client.get("/manage/usage?lab=lab-1&from=2030-01-13&to=2030-01-07")
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 422
+    assert '<p class="refusal" id="to-error">The last day must be on or after the first day.</p>' in page
+    assert 'id="to" name="to" type="date" value="2030-01-07" aria-invalid="true"' in page
+    assert "usage_args" not in api.config, "nothing was asked of the API"
+    page = client.get("/manage/usage?lab=lab-1&from=7.1.2030&to=2031-01-31").get_data(as_text=True)
+    assert 'id="from-error">Please give a date, like' in page
+    page = client.get("/manage/usage?lab=lab-1&from=2030-01-01&to=2031-01-31").get_data(as_text=True)
+    assert 'id="to-error">Choose at most 366 days.' in page
+    assert client.get("/manage/usage?lab=lab-9&from=2030-01-01&to=2030-01-31").status_code == 422
+
+
+def test_usage_csv_is_the_apis_with_the_managers_token(client, api):
+    log_in(client, "imaging-manager")
+    resp = client.get("/manage/usage.csv?lab=lab-1&from=2030-01-07&to=2030-01-13")
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/csv"
+    assert resp.headers["Content-Disposition"] == (
+        'attachment; filename="usage-cell-imaging-lab-2030-01-07-2030-01-13.csv"')
+    assert resp.get_data(as_text=True).startswith("resource_id,resource_name,org\r\n")
+    assert api.config["usage_args"]["format"] == "csv"
+    assert ("GET", "/api/v1/usage", "Bearer token-of-imaging-manager") in api.config["calls"]
+    resp = client.get("/manage/usage.csv?lab=lab-1&from=2030-01-13&to=2030-01-07")
+    assert resp.status_code == 302 and resp.headers["Location"].startswith("/manage/usage?")
+
+
+def test_usage_is_for_managers(client):
+    log_in(client, "ada")
+    assert client.get("/manage/usage").status_code == 403
+
+
+def test_chart_scales_end_on_a_round_number():
+    from services.web.charts import bar_chart, nice_scale
+
+    assert [nice_scale(v) for v in (0, 0.3, 1, 4, 6, 7.5, 11, 240)] == [
+        (1, 1), (pytest.approx(0.3), 3), (1, 2), (4, 4), (6, 3), (8, 4), (15, 3), (300, 3)]
+    chart = bar_chart([("a", 6, "6"), ("b", 3, "3"), ("c", 0, "0")], str)
+    assert [t.text for t in chart.ticks] == ["0.0", "2.0", "4.0", "6.0"]
+    assert [b.width for b in chart.bars] == [chart.plot_width, chart.plot_width / 2, 0]
+    assert chart.height > chart.bars[2].y
+    percent = bar_chart([("a", 0.2, "20%")], str, scale_max=1.0)
+    assert [t.text for t in percent.ticks] == ["0.0", "0.25", "0.5", "0.75", "1.0"]
+
