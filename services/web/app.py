@@ -81,10 +81,10 @@ def create_app(settings: WebSettings | None = None,
         )
         app.extensions["labshare.web"]["oauth"] = oauth
 
-    from services.web import usage, views
+    from services.web import usage, views, waitlist
 
     app.before_request(_check_csrf)
-    for bp in (*views.blueprints, usage.bp):
+    for bp in (*views.blueprints, usage.bp, waitlist.bp):
         app.register_blueprint(bp)
     app.context_processor(views.template_context)
     app.jinja_env.globals["csrf_token"] = csrf_token

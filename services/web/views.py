@@ -304,8 +304,9 @@ def home() -> str:
     mine = api().get("/api/v1/bookings", mine="true", **{"from": now}, limit=100)["items"]
     upcoming = [_decorate(b) for b in mine if b["status"] == "confirmed"]
     pending = [_decorate(b) for b in mine if b["status"] == "pending"]
-    return render_template("home.html", upcoming=upcoming, pending=pending, feeds=_feeds_available(),
-                           feed=session.get("feed"))
+    waiting = [_decorate(w) for w in api().get("/api/v1/waitlist", mine="true", status="waiting", limit=100)["items"]]
+    return render_template("home.html", upcoming=upcoming, pending=pending, waiting=waiting,
+                           feeds=_feeds_available(), feed=session.get("feed"))
 
 
 @main.post("/calendar-link")
@@ -434,9 +435,17 @@ def resource(resource_id: str) -> str:
 
 
 def _booking_form_context(res: dict[str, Any], lab: dict[str, Any], values: dict[str, Any],
-                          errors: dict[str, list[str]]) -> dict[str, Any]:
-    return {"resource": res, "lab": lab, "values": values, "errors": errors,
+                          errors: dict[str, list[str]], wait: dict[str, str] | None = None) -> dict[str, Any]:
+    """``wait``: the window to offer the waitlist for (a single booking refused because the time is taken)."""
+    return {"resource": res, "lab": lab, "values": values, "errors": errors, "wait": wait,
             "durations": durations(res["policy"]), "rules": i18n.policy_sentences(res["policy"])}
+
+
+def _wait_offer(err: Refused, body: dict[str, Any]) -> dict[str, str] | None:
+    """The window a refused single booking may wait for: only when the time is taken, not when a rule says no."""
+    if not err.conflicts or body.get("rrule"):
+        return None
+    return {k: body.get(k) or "" for k in ("resource_id", "start", "end", "title", "project")}
 
 
 @main.get("/resources/<resource_id>/book")
@@ -489,7 +498,8 @@ def book(resource_id: str) -> Any:
         booking = api().post("/api/v1/bookings", body)
     except Refused as err:
         messages = i18n.refusal(err, res["policy"], tz, res["name"])
-        return render_template("book.html", **_booking_form_context(res, lab, values, messages)), 422
+        return render_template("book.html", **_booking_form_context(res, lab, values, messages,
+                                                                    _wait_offer(err, body))), 422
     _flash_booked(booking)
     return redirect(url_for("main.booking", booking_id=booking["id"]))
 
@@ -505,7 +515,7 @@ def _flash_booked(booking: dict[str, Any]) -> None:
 
 @main.post("/bookings")
 @login_required
-def quick_book() -> Response:
+def quick_book() -> Any:
     """One click on a found slot."""
     form = request.form
     back = _safe_next(form.get("back"), url_for("main.find"))
@@ -513,11 +523,21 @@ def quick_book() -> Response:
     if res is None:
         abort(404)
     tz = lab_tz(res["lab_id"])
+    body = {"resource_id": res["id"], "start": form.get("start", ""), "end": form.get("end", ""),
+            "title": form.get("title", "")}
     try:
-        booking = api().post("/api/v1/bookings", {"resource_id": res["id"], "start": form.get("start", ""),
-                                                  "end": form.get("end", ""), "title": form.get("title", "")})
+        booking = api().post("/api/v1/bookings", body)
     except Refused as err:
-        for message in i18n.flat(i18n.refusal(err, res["policy"], tz, res["name"])):
+        messages = i18n.refusal(err, res["policy"], tz, res["name"])
+        if err.conflicts:  # taken since the list was shown: the form, with the waitlist on offer
+            start, end = i18n.local(body["start"], tz), i18n.local(body["end"], tz)
+            values = {"date": start.date().isoformat(), "time": start.strftime("%H:%M"),
+                      "minutes": int((end - start).total_seconds() // 60), "title": body["title"], "project": "",
+                      "repeat": False, "weeks": 4}
+            lab = labs().get(res["lab_id"]) or {"timezone": str(tz)}
+            return render_template("book.html", **_booking_form_context(res, lab, values, messages,
+                                                                        _wait_offer(err, body))), 422
+        for message in i18n.flat(messages):
             flash(message, "error")
         return redirect(back)
     _flash_booked(booking)

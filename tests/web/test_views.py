@@ -107,6 +107,27 @@ def stub_api() -> Flask:
             return problem(401)
         return ok({**body, "id": "b-1", "status": "confirmed", "user": {"sub": "ada"}}, 201)
 
+    @api.get("/api/v1/waitlist")
+    def waitlist():
+        return ok({"items": api.config.get("waiting", []), "next": None})
+
+    @api.post("/api/v1/waitlist")
+    def join_waitlist():
+        body = request.get_json()
+        if body["title"] == "free":
+            return problem(409, type="https://labshare.example/problems/time-is-free")
+        if body["title"] == "again":
+            return problem(409, type="https://labshare.example/problems/invalid-state", waitlist_id="w-1")
+        entry = {**body, "id": "w-1", "lab_id": "lab-1", "resource_name": RESOURCE["name"], "status": "waiting",
+                 "position": 2, "lab": {"id": "lab-1", "timezone": "Europe/Oslo"}}
+        api.config["waiting"] = [entry]
+        return ok(entry, 201)
+
+    @api.delete("/api/v1/waitlist/<entry_id>")
+    def leave_waitlist(entry_id):
+        api.config["waiting"] = []
+        return Response(status=204)
+
     @api.get("/api/v1/usage")
     def usage():
         api.config["usage_args"] = dict(request.args)
@@ -425,3 +446,39 @@ def test_chart_scales_end_on_a_round_number():
     percent = bar_chart([("a", 0.2, "20%")], str, scale_max=1.0)
     assert [t.text for t in percent.ticks] == ["0.0", "0.25", "0.5", "0.75", "1.0"]
 
+
+def test_a_taken_time_offers_the_waitlist_and_home_shows_the_place(client, api):
+    log_in(client)
+    page = book(client, "rules", 300).get_data(as_text=True)
+    assert "Join the waitlist" not in page, "a broken rule is not a reason to wait"
+    page = book(client, "clash").get_data(as_text=True)
+    assert "That time is taken" in page and 'form="waitlist-form">Join the waitlist</button>' in page
+    hidden = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">',
+                             page[page.index('id="waitlist-form"'):]))
+    assert hidden["resource_id"] == "res-1" and hidden["title"] == "clash"
+    assert hidden["start"] == "2030-01-07T09:00:00+01:00" and hidden["end"] == "2030-01-07T10:00:00+01:00"
+    resp = client.post("/waitlist", data={**hidden, "title": "Imaging"})
+    assert resp.status_code == 302 and resp.headers["Location"] == "/#waitlist"
+    page = client.get("/").get_data(as_text=True)
+    assert "You are number 2 on the waitlist for Zeiss LSM 980 confocal, Mon, 7 Jan 2030, 09:00–10:00." in page
+    waiting = page[page.index('id="waiting"'):]
+    assert "Mon, 7 Jan 2030, 09:00–10:00" in waiting and "Number 2 in the queue" in waiting
+    resp = client.post("/waitlist/w-1/leave", data={"csrf_token": csrf_of(page)})
+    assert ("DELETE", "/api/v1/waitlist/w-1", "Bearer token-of-ada") in api.config["calls"]
+    page = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "You have left the waitlist." in page and 'id="waiting"' not in page
+
+
+def test_joining_the_waitlist_of_a_time_that_freed_up_goes_back_to_booking(client):
+    log_in(client)
+    page = book(client, "clash").get_data(as_text=True)
+    resp = client.post("/waitlist", data={"csrf_token": csrf_of(page), "resource_id": "res-1", "title": "free",
+                                          "start": "2030-01-07T09:00:00+01:00", "end": "2030-01-07T10:00:00+01:00"})
+    assert resp.headers["Location"].startswith("/resources/res-1/book?start=2030-01-07T09")
+    page = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "That time has just become free: book it now." in page
+    assert 'value="2030-01-07"' in page and 'value="09:00"' in page
+    resp = client.post("/waitlist", data={"csrf_token": csrf_of(page), "resource_id": "res-1", "title": "again",
+                                          "start": "2030-01-07T09:00:00+01:00", "end": "2030-01-07T10:00:00+01:00"})
+    assert "You are already on the waitlist for this time." in client.get(resp.headers["Location"]).get_data(
+        as_text=True)
