@@ -57,6 +57,9 @@ FIND_DURATIONS = (30, 60, 90, 120, 180, 240, 360, 480)
 FIND_WINDOW_DAYS = 14
 FIND_RESULTS = 12
 FEEDS_CHECK_SECONDS = 60
+#: Which occurrences of a series a move or a cancellation is for (the API's ``scope``).
+SCOPES = ("this", "following", "all")
+SERIES_REACH = dt.timedelta(days=366)
 
 auth = Blueprint("auth", __name__)
 main = Blueprint("main", __name__)
@@ -557,15 +560,32 @@ def _booking_page(booking_id: str, errors: dict[str, list[str]] | None = None,
     live = booking["status"] in ("confirmed", "pending")
     values = values or {"date": start.date().isoformat(), "time": start.strftime("%H:%M"),
                         "minutes": int((end - start).total_seconds() // 60), "title": booking.get("title", ""),
-                        "project": booking.get("project", "")}
+                        "project": booking.get("project", ""), "scope": "this"}
     return render_template(
         "booking.html", booking=booking, resource=res, tz=tz, values=values, errors=errors or {},
+        series=_series(booking, start) if mine else [],
         durations=durations(res["policy"], include=values["minutes"]), mine=mine,
         can_change=live and i18n.parse_time(booking["end"]) > now,
         can_check_in=mine and booking["status"] == "confirmed" and not booking.get("checked_in_at")
         and start - dt.timedelta(minutes=15) <= now <= end,
         can_decide=booking["status"] == "pending" and res["lab_id"] in managed_labs(),
     ), status
+
+
+def _series(booking: dict[str, Any], start: dt.datetime) -> list[dict[str, Any]]:
+    """The occurrences of the user's own series, in time order (those within a year of this one)."""
+    ids = booking.get("occurrences") or []
+    if not booking.get("series_id") or len(ids) < 2:
+        return []
+    items = api().all("/api/v1/bookings", resource_id=booking["resource_id"], mine="true",
+                      **{"from": _iso(start - SERIES_REACH)}, to=_iso(start + SERIES_REACH))
+    by_id = {b["id"]: b for b in items if b.get("series_id") == booking["series_id"]}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def _scope(form: Any) -> str:
+    scope = form.get("scope", "this")
+    return scope if scope in SCOPES else "this"
 
 
 @main.get("/bookings/<booking_id>")
@@ -582,18 +602,25 @@ def move(booking_id: str) -> Any:
     tz = i18n.zone((current.get("lab") or {}).get("timezone"))
     form = request.form
     values = {"date": form.get("date", ""), "time": form.get("time", ""), "minutes": form.get("minutes", type=int),
-              "title": form.get("title", "").strip(), "project": form.get("project", "").strip()}
+              "title": form.get("title", "").strip(), "project": form.get("project", "").strip(),
+              "scope": _scope(form) if current.get("series_id") else "this"}
     start = form_moment(values["date"], values["time"], tz)
     if start is None or not values["minutes"]:
         return _booking_page(booking_id, {"when": [_("Please choose a date and a time.")]}, values, 422)
     changes = {"start": _iso(start), "end": _iso(start + dt.timedelta(minutes=values["minutes"])),
                "title": values["title"], "project": values["project"]}
+    if values["scope"] != "this":
+        changes["scope"] = values["scope"]
     try:
-        api().patch(f"/api/v1/bookings/{booking_id}", changes)
+        answer = api().patch(f"/api/v1/bookings/{booking_id}", changes)
     except Refused as err:
         messages = i18n.refusal(err, res.get("policy"), tz, res.get("name", ""))
         return _booking_page(booking_id, messages, values, 422)
-    flash(_("Changed."), "ok")
+    if "updated" in answer:
+        flash(ngettext("Changed %(num)s booking of the series.", "Changed %(num)s bookings of the series.",
+                       len(answer["updated"])), "ok")
+    else:
+        flash(_("Changed."), "ok")
     return redirect(url_for("main.booking", booking_id=booking_id))
 
 
@@ -615,7 +642,18 @@ def _booking_action(booking_id: str, action: str, body: dict[str, Any] | None, d
 @login_required
 def cancel(booking_id: str) -> Response:
     reason = request.form.get("reason", "").strip() or None
-    return _booking_action(booking_id, "cancel", {"reason": reason} if reason else {}, _("Cancelled."))
+    scope = _scope(request.form)
+    if scope == "this":
+        return _booking_action(booking_id, "cancel", {"reason": reason} if reason else {}, _("Cancelled."))
+    try:
+        answer = api().post(f"/api/v1/bookings/{booking_id}/cancel", {"reason": reason, "scope": scope})
+    except Refused as err:
+        for message in i18n.flat(i18n.refusal(err)):
+            flash(message, "error")
+    else:
+        flash(ngettext("Cancelled %(num)s booking of the series.", "Cancelled %(num)s bookings of the series.",
+                       len(answer.get("cancelled") or [])), "ok")
+    return redirect(url_for("main.booking", booking_id=booking_id))
 
 
 @main.post("/bookings/<booking_id>/check-in")

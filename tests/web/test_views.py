@@ -89,7 +89,22 @@ def stub_api() -> Flask:
 
     @api.get("/api/v1/bookings")
     def bookings():
-        return ok({"items": [], "next": None})
+        return ok({"items": list(api.config.get("series", {}).values()), "next": None})
+
+    @api.get("/api/v1/bookings/<booking_id>")
+    def booking(booking_id):
+        found = api.config.get("series", {}).get(booking_id)
+        return ok({**found, "occurrences": list(api.config["series"])}) if found else problem(404)
+
+    @api.post("/api/v1/bookings/<booking_id>/cancel")
+    def cancel(booking_id):
+        api.config["sent"] = request.get_json()
+        return ok({**api.config["series"][booking_id], "status": "cancelled", "cancelled": [booking_id, "s-4"]})
+
+    @api.patch("/api/v1/bookings/<booking_id>")
+    def change(booking_id):
+        api.config["sent"] = request.get_json()
+        return ok({**api.config["series"][booking_id], "updated": [booking_id, "s-4"]})
 
     @api.get("/api/v1/openapi/booking.json")
     def openapi():
@@ -482,3 +497,39 @@ def test_joining_the_waitlist_of_a_time_that_freed_up_goes_back_to_booking(clien
                                           "start": "2030-01-07T09:00:00+01:00", "end": "2030-01-07T10:00:00+01:00"})
     assert "You are already on the waitlist for this time." in client.get(resp.headers["Location"]).get_data(
         as_text=True)
+
+
+def series_of_four(api) -> None:
+    """Ada's weekly series of four on Mondays 2030-01-07 to 2030-01-28, 09:00-10:00 in Oslo."""
+    api.config["series"] = {
+        f"s-{n + 1}": {"id": f"s-{n + 1}", "resource_id": "res-1", "lab_id": "lab-1", "series_id": "series-1",
+                       "start": f"2030-01-{7 + 7 * n:02d}T08:00:00Z", "end": f"2030-01-{7 + 7 * n:02d}T09:00:00Z",
+                       "status": "confirmed", "title": "Imaging", "project": "", "user": {"sub": "ada"},
+                       "lab": {"id": "lab-1", "timezone": "Europe/Oslo"}}
+        for n in range(4)
+    }
+
+
+def test_a_series_booking_is_cancelled_or_moved_with_a_scope(client, api):
+    series_of_four(api)
+    log_in(client)
+    page = client.get("/bookings/s-3").get_data(as_text=True)
+    assert "Part of a series of 4 bookings" in page
+    assert page.count('name="scope" value="following"') == 2, "both the move and the cancel ask"
+    listed = re.findall(r'<a href="/bookings/(s-\d)"><span class="when">([^<]+)</span>', page)
+    assert listed == [("s-1", "Mon, 7 Jan 2030, 09:00–10:00"), ("s-2", "Mon, 14 Jan 2030, 09:00–10:00"),
+                      ("s-3", "Mon, 21 Jan 2030, 09:00–10:00"), ("s-4", "Mon, 28 Jan 2030, 09:00–10:00")]
+    assert '<li aria-current="true" class="current">\n      <a href="/bookings/s-3">' in page
+
+    resp = client.post("/bookings/s-3/cancel", data={"csrf_token": csrf_of(page), "scope": "following"})
+    assert api.config["sent"] == {"reason": None, "scope": "following"}
+    assert "Cancelled 2 bookings of the series." in client.get(resp.headers["Location"]).get_data(as_text=True)
+
+    client.post("/bookings/s-3/move", data={"csrf_token": csrf_of(page), "scope": "all", "date": "2030-01-22",
+                                            "time": "10:00", "minutes": "60", "title": "Imaging"})
+    assert api.config["sent"]["scope"] == "all" and api.config["sent"]["start"] == "2030-01-22T10:00:00+01:00"
+    assert "Changed 2 bookings of the series." in client.get("/bookings/s-3").get_data(as_text=True)
+
+    client.post("/bookings/s-3/move", data={"csrf_token": csrf_of(page), "scope": "nonsense", "date": "2030-01-22",
+                                            "time": "10:00", "minutes": "60"})
+    assert "scope" not in api.config["sent"], "only the API's scopes are sent"
