@@ -1016,7 +1016,7 @@ def new_webhook() -> Any:
 def webhook(webhook_id: str) -> str:
     hook = api().get(f"/api/v1/webhooks/{webhook_id}")
     deliveries = api().get(f"/api/v1/webhooks/{webhook_id}/deliveries", limit=50)["items"]
-    return render_template("manage/webhook.html", hook=hook, deliveries=deliveries)
+    return render_template("manage/webhook.html", hook=hook, deliveries=deliveries, tz=lab_tz(hook.get("lab_id")))
 
 
 @manage.post("/webhooks/<webhook_id>/delete")
@@ -1033,3 +1033,22 @@ def enable_webhook(webhook_id: str) -> Response:
     api().post(f"/api/v1/webhooks/{webhook_id}/enable")
     flash(_("Webhook enabled again."), "ok")
     return redirect(url_for("manage.webhook", webhook_id=webhook_id))
+
+
+@manage.post("/webhooks/<webhook_id>/replay")
+@manager_required
+def replay_deliveries(webhook_id: str) -> Response:
+    """Send failed deliveries again (``delivery``: one or several ids), each with a fresh retry schedule."""
+    done, failed = 0, 0
+    for delivery_id in request.form.getlist("delivery"):
+        try:
+            api().post(f"/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay")
+            done += 1
+        except (Refused, NotFound):
+            failed += 1
+    if done:
+        flash(ngettext("%(num)s delivery is being sent again.", "%(num)s deliveries are being sent again.", done),
+              "ok")
+    if failed or not done:
+        flash(_("Only failed deliveries of a webhook that is on can be sent again."), "error")
+    return redirect(url_for("manage.webhook", webhook_id=webhook_id) + "#deliveries")

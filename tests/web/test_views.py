@@ -143,6 +143,30 @@ def stub_api() -> Flask:
         api.config["waiting"] = []
         return Response(status=204)
 
+    @api.get("/api/v1/webhooks/<webhook_id>")
+    def webhook(webhook_id):
+        return ok({"id": webhook_id, "url": "https://hooks.example.org/in", "events": ["booking.*"],
+                   "enabled": api.config.get("hook_on", False), "disabled_at": "2030-01-07T08:00:00Z"})
+
+    @api.get("/api/v1/webhooks/<webhook_id>/deliveries")
+    def deliveries(webhook_id):
+        return ok({"items": [
+            {"id": f"d-{n}", "event_type": "booking.created", "status": status, "attempts": 3,
+             "created_at": "2030-01-07T08:00:00Z", "last_status_code": 500, "last_error": "HTTP 500"}
+            for n, status in enumerate(("dead", "sent", "dead"))], "next": None})
+
+    @api.post("/api/v1/webhooks/<webhook_id>/enable")
+    def enable(webhook_id):
+        api.config["hook_on"] = True
+        return ok({"id": webhook_id, "enabled": True})
+
+    @api.post("/api/v1/webhooks/<webhook_id>/deliveries/<delivery_id>/replay")
+    def replay(webhook_id, delivery_id):
+        if not api.config.get("hook_on"):
+            return problem(409)
+        api.config.setdefault("replayed", []).append(delivery_id)
+        return ok({"id": delivery_id, "status": "pending"})
+
     @api.get("/api/v1/usage")
     def usage():
         api.config["usage_args"] = dict(request.args)
@@ -533,3 +557,20 @@ def test_a_series_booking_is_cancelled_or_moved_with_a_scope(client, api):
     client.post("/bookings/s-3/move", data={"csrf_token": csrf_of(page), "scope": "nonsense", "date": "2030-01-22",
                                             "time": "10:00", "minutes": "60"})
     assert "scope" not in api.config["sent"], "only the API's scopes are sent"
+
+
+def test_a_disabled_webhook_is_turned_on_again_and_its_failed_deliveries_sent_again(client, api):
+    log_in(client, "imaging-manager")
+    page = client.get("/manage/webhooks/h-1").get_data(as_text=True)
+    assert "Off (failed)" in page and "Turn it on again" in page
+    assert "Send again" not in page, "a disabled webhook's deliveries wait until it is on"
+    client.post("/manage/webhooks/h-1/enable", data={"csrf_token": csrf_of(page)})
+    page = client.get("/manage/webhooks/h-1").get_data(as_text=True)
+    assert "Webhook enabled again." in page and "Turn it on again" not in page
+    assert page.count(">Failed</span>") == 2 and ">Delivered</span>" in page and "HTTP 500" in page
+    client.post("/manage/webhooks/h-1/replay", data={"csrf_token": csrf_of(page), "delivery": "d-2"})
+    assert api.config["replayed"] == ["d-2"]
+    assert "Send the 2 failed deliveries again" in page
+    resp = client.post("/manage/webhooks/h-1/replay", data={"csrf_token": csrf_of(page), "delivery": ["d-0", "d-2"]})
+    assert api.config["replayed"] == ["d-2", "d-0", "d-2"]
+    assert "2 deliveries are being sent again." in client.get(resp.headers["Location"]).get_data(as_text=True)
