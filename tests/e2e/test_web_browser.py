@@ -13,9 +13,14 @@ Without it or the ``playwright`` package these tests skip, unless
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import datetime as dt
+import io
 import os
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -62,7 +67,9 @@ def origin(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("web")
     procs = Processes(run_dir / "logs")
     port = free_port()
-    env = clean_env(LABSHARE_DEV_MODE="1", LABSHARE_PORT=str(port), LABSHARE_DATA_DIR=str(run_dir / "var"))
+    # One quick retry: a webhook whose receiver fails is turned off within a test.
+    env = clean_env(LABSHARE_DEV_MODE="1", LABSHARE_PORT=str(port), LABSHARE_DATA_DIR=str(run_dir / "var"),
+                    LABSHARE_RETRY_SECONDS="0.2")
     procs.start("labshare-run", [PYTHON, "-m", "services", "run"], env)
     api = Api(f"http://127.0.0.1:{port}")
     wait_until(api.healthy, 45, "labshare to answer /healthz", procs)
@@ -258,3 +265,247 @@ def test_it_works_on_a_phone(new_page):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
     shot(page, "find-phone")
+
+
+def day_text(moment: dt.datetime) -> str:
+    """A day as the English pages write it ("Thu 5 Mar", with the year when it is not this year's)."""
+    from babel.dates import format_skeleton
+
+    skeleton = "MMMEd" if moment.year == dt.date.today().year else "yMMMEd"
+    return format_skeleton(skeleton, moment.date(), locale="en_GB")
+
+
+def book_over_api(api: Api, token: str, resource: str, start: dt.datetime, hours: float, **extra) -> dict:
+    return expect(api.post("/api/v1/bookings", token, {
+        "resource_id": resource, "start": start.isoformat(), "end": (start + dt.timedelta(hours=hours)).isoformat(),
+        **extra}), 201)
+
+
+def chart_bars(page, chart: str) -> dict[str, tuple[str, float]]:
+    """Each bar of a chart as the user sees it: its label → (the value written at its end, its drawn width)."""
+    bars = {}
+    for bar in page.locator(f"svg#{chart} g.bar").all():
+        label = bar.locator("text.label").text_content()
+        bars[label] = (bar.locator("text.value").text_content(), bar.locator("rect").bounding_box()["width"])
+    return bars
+
+
+def test_a_manager_sees_usage_and_utilisation_as_charts_and_downloads_the_csv(new_page, origin):
+    leica = resource_id(origin, "Leica Stellaris 8 confocal")
+    facs = resource_id(origin, "BD FACSymphony A5 flow cytometer")
+    ada = origin.token("ada", org="ntnu", name="Ada Researcher")
+    ola = origin.token("ola", org="pulsetech", name="Ola Startup")
+    day = next_weekday(2, 9, min_days=35)  # a Wednesday no other test books
+    book_over_api(origin, ada, leica, day, 2, title="Live cells", project="NFR-1")
+    book_over_api(origin, ola, leica, day.replace(hour=13), 1, title="Prototype")
+    book_over_api(origin, ada, facs, day.replace(hour=10), 4, title="Panel", project="NFR-1")
+
+    page = new_page()
+    log_in(page, "imaging-manager")
+    page.click("nav >> text=Manage")
+    page.click("text=Usage and utilisation")
+    page.select_option("#lab", label="Cell imaging lab")
+    page.fill("#from", day.date().isoformat())
+    page.fill("#to", day.date().isoformat())
+    page.click("button:has-text('Show')")
+
+    assert page.locator("#usage-h").inner_text() == f"Usage: Cell imaging lab, {day.day} {day:%b} {day.year}"
+    usage = chart_bars(page, "usage-chart")
+    assert list(usage)[:2] == ["BD FACSymphony A5 flow cytometer", "Leica Stellaris 8 confocal"]
+    assert usage["BD FACSymphony A5 flow cytometer"][0] == "4 hrs"
+    assert usage["Leica Stellaris 8 confocal"][0] == "3 hrs"
+    assert usage["BD FACSymphony A5 flow cytometer"][1] / usage["Leica Stellaris 8 confocal"][1] == pytest.approx(
+        4 / 3, rel=0.01)
+    assert usage["Zeiss LSM 980 confocal"] == ("0 hrs", 0)
+    assert page.locator("svg#usage-chart title").text_content().startswith("Hours booked per instrument, ")
+    assert "Leica Stellaris 8 confocal: 3 hrs" in page.locator("svg#usage-chart desc").text_content()
+    leica_row = page.locator("#usage-table tbody tr", has_text="Leica Stellaris 8 confocal").inner_text()
+    # 2 hours at the internal 400 and 1 hour at the external 1100
+    assert leica_row.split("\t") == ["Leica Stellaris 8 confocal", "2", "3 hrs", "NOK1,900.00"]
+    util = chart_bars(page, "util-chart")
+    assert util["Leica Stellaris 8 confocal"][0] == "20%"  # 3 of the 15 open hours
+    assert util["BD FACSymphony A5 flow cytometer"][0] == "17%"  # 4 of 24: always open
+    shot(page, "usage")
+    page.set_viewport_size({"width": 390, "height": 844})
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the usage page scrolls sideways on a phone ({width}px)"
+    page.set_viewport_size({"width": 1200, "height": 900})
+
+    page.select_option("#by", "org")
+    page.click("button:has-text('Show')")
+    by_org = chart_bars(page, "usage-chart")
+    assert [(org, text) for org, (text, _w) in by_org.items()] == [("ntnu", "6 hrs"), ("pulsetech", "1 hr")]
+
+    with page.expect_download() as download:
+        page.click("text=Download CSV")
+    csv_file = download.value
+    assert csv_file.suggested_filename == f"usage-cell-imaging-lab-{day.date()}-{day.date()}.csv"
+    rows = list(csv.DictReader(io.StringIO(Path(csv_file.path()).read_text())))
+    assert sorted((r["resource_name"], r["org"], r["project"], r["hours"], r["amount"]) for r in rows) == [
+        ("BD FACSymphony A5 flow cytometer", "ntnu", "NFR-1", "4.00", "2400.00"),
+        ("Leica Stellaris 8 confocal", "ntnu", "NFR-1", "2.00", "800.00"),
+        ("Leica Stellaris 8 confocal", "pulsetech", "", "1.00", "1100.00"),
+    ]
+
+    page.fill("#from", (day + dt.timedelta(days=7)).date().isoformat())
+    page.click("button:has-text('Show')")
+    assert page.locator("#to-error").inner_text() == "The last day must be on or after the first day."
+    assert page.locator("#to").get_attribute("aria-invalid") == "true"
+    assert page.locator("h1").inner_text() == "Usage and utilisation"
+    assert page.locator("svg.chart").count() == 0
+
+
+def test_a_researcher_whose_time_is_taken_waits_for_it_and_gets_it_when_it_frees(new_page, origin):
+    leica = resource_id(origin, "Leica Stellaris 8 confocal")
+    ola = origin.token("ola", org="pulsetech", name="Ola Startup")
+    thursday = next_weekday(3, 10, min_days=9)
+    taken = book_over_api(origin, ola, leica, thursday, 2, title="Prototype run")
+    other = book_over_api(origin, ola, leica, thursday.replace(hour=14), 1, title="Second run")
+    when = f"{day_text(thursday)}, 10:00–12:00"
+
+    page = new_page()
+    log_in(page, "ada")
+    page.goto(f"/resources/{leica}/book")
+    page.fill("#date", thursday.date().isoformat())
+    page.fill("#time", "10:00")
+    page.select_option("#minutes", "120")
+    page.fill("#title", "Waiting for the Leica")
+    page.click("button:has-text('Book')")
+    assert page.locator("#when-error").inner_text() == f"That time is taken: {when}."
+    shot(page, "waitlist-offer")
+    page.click("#waitlist-offer button:has-text('Join the waitlist')")
+    page.wait_for_url(re.compile(r".*/#waitlist$"))
+    assert page.locator(".flash.ok").inner_text().startswith(
+        f"You are number 1 on the waitlist for Leica Stellaris 8 confocal, {when}.")
+    entry = page.locator("#waiting li", has_text=when)
+    assert "Leica Stellaris 8 confocal" in entry.inner_text() and "Number 1 in the queue" in entry.inner_text()
+    shot(page, "waitlist")
+
+    # Ola gives the time up: the first in the queue gets it, there and then.
+    expect(origin.post(f"/api/v1/bookings/{taken['id']}/cancel", ola, {}), 200)
+    page.goto("/")
+    assert page.locator("#waiting li", has_text=when).count() == 0
+    got = page.locator("#upcoming li", has_text=when)
+    assert "Leica Stellaris 8 confocal" in got.inner_text() and "Waiting for the Leica" in got.inner_text()
+    got.locator("a").click()
+    assert page.locator("#status").inner_text() == "Confirmed"
+
+    # Waiting for another taken time, then leaving the queue.
+    later = f"{day_text(thursday)}, 14:00–15:00"
+    page.goto(f"/resources/{leica}/book")
+    page.fill("#date", thursday.date().isoformat())
+    page.fill("#time", "14:00")
+    page.select_option("#minutes", "60")
+    page.click("button:has-text('Book')")
+    page.click("#waitlist-offer button:has-text('Join the waitlist')")
+    assert "Number 1 in the queue" in page.locator("#waiting li", has_text=later).inner_text()
+    page.locator("#waiting li", has_text=later).locator("button:has-text('Leave the waitlist')").click()
+    assert page.locator(".flash.ok").inner_text() == "You have left the waitlist."
+    assert page.locator("#waiting li", has_text=later).count() == 0
+    expect(origin.post(f"/api/v1/bookings/{other['id']}/cancel", ola, {}), 200)
+    page.goto("/")
+    assert page.locator("#upcoming li", has_text=later).count() == 0, "who left the queue gets nothing"
+
+
+def test_a_series_cancelled_from_its_third_week_on_keeps_the_first_two(new_page, origin):
+    leica = resource_id(origin, "Leica Stellaris 8 confocal")
+    first = next_weekday(1, 15, min_days=14)
+    weeks = [first + dt.timedelta(weeks=n) for n in range(4)]
+    texts = [f"{day_text(w)}, 15:00–16:00" for w in weeks]
+
+    page = new_page()
+    log_in(page, "ada")
+    page.goto(f"/resources/{leica}/book")
+    page.fill("#date", first.date().isoformat())
+    page.fill("#time", "15:00")
+    page.select_option("#minutes", "60")
+    page.fill("#title", "Weekly imaging")
+    page.check("#repeat")
+    page.fill("#weeks", "4")
+    page.click("button:has-text('Book')")
+    assert page.locator(".flash.ok").inner_text() == "Booked: 4 weeks."
+    series = page.locator("#series li")
+    assert series.all_inner_texts() == [f"{t} Confirmed" for t in texts]
+
+    series.nth(2).locator("a").click()
+    assert page.locator("dd.when").inner_text() == texts[2]
+    page.check("#cancel-scope-following")
+    page.click("button:has-text('Cancel booking')")
+    assert page.locator(".flash.ok").inner_text() == "Cancelled 2 bookings of the series."
+    assert page.locator("#status").inner_text() == "Cancelled"
+    assert page.locator("#series li").all_inner_texts() == [
+        f"{texts[0]} Confirmed", f"{texts[1]} Confirmed", f"{texts[2]} Cancelled", f"{texts[3]} Cancelled"]
+    shot(page, "series")
+
+    page.click("nav >> text=Home")
+    mine = page.locator("#upcoming li", has_text="Weekly imaging").locator(".when").all_inner_texts()
+    assert mine == texts[:2]
+
+
+@contextlib.contextmanager
+def webhook_receiver():
+    """A webhook receiver on 127.0.0.1 that answers ``state["status"]`` and keeps what it was sent."""
+    state = {"status": 500, "received": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the http.server name)
+            state["received"].append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self.send_response(state["status"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/labshare", state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_manager_turns_a_failed_webhook_on_again_and_sends_its_failed_delivery_again(new_page, origin):
+    stellaris = resource_id(origin, "Leica Stellaris 8 confocal")
+    ada = origin.token("ada", org="ntnu", name="Ada Researcher")
+    page = new_page()
+    log_in(page, "imaging-manager")
+    with webhook_receiver() as (url, receiver):
+        page.goto("/manage/webhooks")
+        page.fill("#url", url)
+        page.fill("#events", "booking.created")
+        page.fill("#secret", "s3cret")
+        page.select_option("#lab_id", label="Cell imaging lab")
+        page.click("button:has-text('Add')")
+        assert page.locator(".flash.ok").inner_text() == "Webhook added."
+        hook = page.locator("table.list tr", has_text=url)
+        hook.locator("a").click()
+        hook_url = page.url
+
+        book_over_api(origin, ada, stellaris, next_weekday(4, 9, min_days=9), 1, title="Calls a webhook")
+
+        def turned_off():
+            page.goto(hook_url)
+            return page.locator("#hook-state").inner_text() == "Off (failed)"
+
+        wait_until(turned_off, 20, "the failing webhook to be turned off")
+        assert len(receiver["received"]) == 2, "the first try and one retry"
+        assert "Failed" in page.locator("#delivery-list tbody tr").first.inner_text()
+        assert page.locator("button:has-text('Send again')").count() == 0
+        shot(page, "webhook-off")
+
+        page.click("button:has-text('Turn it on again')")
+        assert page.locator(".flash.ok").inner_text() == "Webhook enabled again."
+        assert page.locator("#hook-state").inner_text() == "On"
+        receiver["status"] = 204
+        page.locator("#delivery-list button:has-text('Send again')").first.click()
+        assert page.locator(".flash.ok").inner_text() == "1 delivery is being sent again."
+
+        def delivered():
+            page.goto(hook_url)
+            return "Delivered" in page.locator("#delivery-list tbody tr").first.inner_text()
+
+        wait_until(delivered, 20, "the delivery sent again to arrive")
+        assert len(receiver["received"]) == 3 and b"Calls a webhook" in receiver["received"][-1]
