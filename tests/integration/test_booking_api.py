@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import jwt
+from sqlalchemy import text
 
-from tests.harness import OSLO, local, next_weekday, rfc
+from services.booking.app import create_app as create_booking_app
+from shared import db
+from shared.db import admin_engine
+from tests import infra
+from tests.conftest import _drop_queues, postgres_settings
+from tests.harness import OSLO, Stack, local, next_weekday, rfc
 
 ADA, BOB = "ada", "bob"
 
@@ -345,3 +352,44 @@ def test_authentication_comes_before_validation(stack):
     resp = stack.post("/api/v1/bookings", None, {"resource_id": "x", "start": "2030-01-01T09:00:00"})
     assert resp.status_code == 401
     assert stack.post("/api/v1/labs", None, {"name": 5}).status_code == 401
+
+
+def test_connections_the_server_dropped_are_replaced_before_use(pg_url, rabbit_vhost, tmp_path):
+    """PostgreSQL drops every connection (a restart, a failover): after a pause, requests still succeed.
+
+    The booking API runs alone here, as in a gunicorn worker (no relay or consumer
+    in the process to meet a dead connection first). A pooled connection idle for
+    more than a second is tested at checkout and replaced when dead, so neither a
+    booking nor a read answers 500.
+    """
+    s = Stack(postgres_settings(pg_url, rabbit_vhost, str(tmp_path / "var")))
+    try:
+        lab = s.make_lab()
+        res = s.make_resource(lab["id"])
+        api = create_booking_app(s.settings).test_client()
+        ada = s.auth("ada")
+        start = next_weekday(1, 10)
+
+        def book(hours: int):
+            at = start + dt.timedelta(hours=hours)
+            return api.post("/api/v1/bookings", headers=ada, json={
+                "resource_id": res["id"], "start": rfc(at), "end": rfc(at + dt.timedelta(hours=1))})
+
+        assert book(0).status_code == 201
+        assert api.get(f"/api/v1/bookings?resource_id={res['id']}", headers=ada).status_code == 200
+        engine = admin_engine(infra.PG_ADMIN_URL)
+        with engine.connect() as conn:
+            dropped = conn.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": pg_url.rsplit("/", 1)[1]}).scalar_one()
+        engine.dispose()
+        assert dropped >= 1
+        time.sleep(db.PING_AFTER_IDLE_SECONDS + 0.3)
+        later = book(2)
+        assert later.status_code == 201, later.get_json()
+        listed = api.get(f"/api/v1/bookings?resource_id={res['id']}", headers=ada)
+        assert listed.status_code == 200
+        assert len(listed.get_json()["items"]) == 2
+    finally:
+        s.close()
+        _drop_queues(s.settings)
