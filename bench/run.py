@@ -71,6 +71,7 @@ SPAN_DAYS = 100  # days of slots each wrk thread owns in one run (50 resources x
 MAIN_RUN_DAY = 30  # first day (from today) of the main wrk run
 TOPUP_DAY = 430  # first day of the top-up runs (each takes THREADS * SPAN_DAYS days more)
 SEQUENTIAL_DAY = 2500  # first day of the sequential client on PostgreSQL
+ASYNC_DAY = 2600  # first day of the run with synchronous_commit off
 HORIZON_DAYS = 3650
 
 MANAGER = {"sub": "bench-manager", "name": "Bench Manager", "email": "bench-manager@example.org", "org": "ntnu",
@@ -559,6 +560,32 @@ def _run_postgres(bench: Bench, env: dict[str, str], engine, r: dict[str, Any]) 
     if children(api.popen.pid) != worker_pids:
         r["worker_restarts"] = True
 
+    step("what bounds the rate: one client's INSERT + COMMIT of a tiny row, 500 times")
+    r["commit_floor"] = commit_floor(bench.db_url)
+    print(f"    median {ms_s(r['commit_floor']['median'])}: {WORKERS} sync workers cannot pass "
+          f"{WORKERS / r['commit_floor']['median']:.0f} bookings/s however cheap the rest")
+
+    step(f"wrk again for {bench.args.duration} s, the bench database's synchronous_commit off (never for real)")
+    with engine.begin() as conn:
+        conn.execute(text(f'ALTER DATABASE "{db_name}" SET synchronous_commit = off'))
+    os.kill(api.popen.pid, signal.SIGHUP)  # new workers, new connections, the new setting
+    deadline = time.monotonic() + 30
+    while (not set(children(api.popen.pid)).isdisjoint(worker_pids) or len(children(api.popen.pid)) < WORKERS):
+        if time.monotonic() > deadline:
+            raise BenchError("gunicorn did not replace its workers after SIGHUP")
+        time.sleep(0.1)
+    wait_http(api, f"{base_url}/healthz")
+    for _ in range(4 * WORKERS):
+        requests.get(f"{base_url}/openapi.json", timeout=10)
+    booked_before = scalar("SELECT count(*) FROM booking.bookings")
+    meter.start()
+    r["async"] = book_with_wrk(base_url, token, resource_ids, ASYNC_DAY, bench.args.duration)
+    r["cpu_async"] = meter.stop()
+    r["async_db"] = scalar("SELECT count(*) FROM booking.bookings") - booked_before
+    print(r["async"]["text"])
+    r["bookings_total"] = scalar("SELECT count(*) FROM booking.bookings")
+    r["bookings_confirmed"] = scalar("SELECT count(*) FROM booking.bookings WHERE status = 'confirmed'")
+
     step("waiting for the outbox to drain")
     r["drain_s"] = drain()
     r["outbox_total"] = scalar("SELECT count(*) FROM booking.outbox WHERE type LIKE 'booking.%'")
@@ -571,6 +598,25 @@ def _run_postgres(bench: Bench, env: dict[str, str], engine, r: dict[str, Any]) 
     r["delivered"] = depth
     api.stop()
     relay.stop()
+
+
+def commit_floor(db_url: str, count: int = 500) -> dict[str, Any]:
+    """Seconds per INSERT + COMMIT of one tiny row from one client: the disk's flush, mostly."""
+    import psycopg
+
+    times = []
+    with psycopg.connect(db_url) as conn:
+        conn.execute("CREATE TABLE bench_commit_floor (n integer)")
+        conn.commit()
+        for i in range(count + WARMUP):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO bench_commit_floor VALUES (%s)", (i,))
+            conn.commit()
+            if i >= WARMUP:
+                times.append(time.perf_counter() - t0)
+        conn.execute("DROP TABLE bench_commit_floor")
+        conn.commit()
+    return {"n": count, "median": statistics.median(times), "p99": percentile(times, 99)}
 
 
 # -- 3a: embedded defaults --------------------------------------------------------------------------------------
@@ -700,14 +746,50 @@ def report(bench: Bench, started: dt.datetime, elapsed: float) -> str:
         s = r[key]
         lines.append(f"| {label} | {s['n']} | {ms_s(s['median'])} | {ms_s(s['p99'])} | {ms_s(s['mean'])} | "
                      f"{s['rate']:.0f} /s |")
-    lines.append("")
+    lines += ["", *bounds(r), ""]
     return "\n".join(lines)
+
+
+def bounds(r: dict[str, Any]) -> list[str]:
+    """Section 4: the two ceilings of the write path on this machine, from this run's own figures."""
+    floor, fast = r["commit_floor"], r["async"]
+    cpus = os.cpu_count() or 1
+
+    def per_booking(cpu: dict[str, float], count: int) -> float:
+        return sum(v for k, v in cpu.items() if not k.startswith("_") and k != "everything else on the machine") \
+            / max(count, 1)
+
+    sync_cpu, async_cpu = per_booking(r["cpu"], r["book_db"]), per_booking(r["cpu_async"], r["async_db"])
+    workers_async = r["cpu_async"]["gunicorn workers"] / max(r["async_db"], 1)
+    return [
+        "## 4. What bounds the booking rate here",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| INSERT + COMMIT of a tiny row, one client ({floor['n']} times) | median {ms_s(floor['median'])}, "
+        f"p99 {ms_s(floor['p99'])} |",
+        f"| so {WORKERS} sync workers, each waiting for its own commit, stay under | "
+        f"{WORKERS / floor['median']:.0f} bookings/s, however cheap the rest |",
+        f"| CPU per booking of the bench's processes (workers, PostgreSQL, relay, RabbitMQ, wrk), section 1 | "
+        f"{1000 * sync_cpu:.2f} ms, so {cpus} CPUs stay under {cpus / sync_cpu:.0f} bookings/s |",
+        f"| the same wrk run with the bench database's `synchronous_commit` off | **{fast['rps']:.0f} req/s**, "
+        f"median {ms(fast['latency_us']['p50'])}, p99 {ms(fast['latency_us']['p99'])}, non-2xx {fast['non2xx']}, "
+        f"socket errors {socket_errors(fast)} |",
+        f"| its CPU per booking (all the bench's processes / the workers alone) | {1000 * async_cpu:.2f} ms / "
+        f"{1000 * workers_async:.2f} ms |",
+        "",
+        "`synchronous_commit = off` answers before the commit reaches the disk, so a crash of PostgreSQL can lose",
+        "the last moments of confirmed bookings; labshare never sets it. It is measured only to tell the disk's",
+        "share of the rate from the CPU's.",
+    ]
 
 
 def check(bench: Bench) -> list[str]:
     """What must hold for the run to count."""
     r = bench.results
     problems = []
+    if r["async"]["non2xx"] or socket_errors(r["async"]):
+        problems.append(f"the run with synchronous_commit off had failures: {r['async']['statuses']}")
     if r["book"]["non2xx"] or r["baseline"]["non2xx"]:
         problems.append(f"non-2xx answers: bookings {r['book']['non2xx']}, baseline {r['baseline']['non2xx']}")
     if socket_errors(r["book"]) or socket_errors(r["baseline"]):
