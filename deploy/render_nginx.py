@@ -47,6 +47,8 @@ DEFAULTS: dict[str, str] = {
     "GATEWAY_STATE_DIR": "/var/cache/nginx",
     "GATEWAY_API_RATE": "50r/s",
     "GATEWAY_FEEDS_RATE": "100r/s",
+    # the web app's containers: their X-Forwarded-For names the person (a name nginx resolves when it starts)
+    "GATEWAY_TRUSTED_PROXIES": "web",
 }
 
 #: Values for services started on this machine's loopback ports (``--local``).
@@ -57,6 +59,7 @@ LOCAL: dict[str, str] = {
     "GATEWAY_NOTIFY_UPSTREAM": "127.0.0.1:8003",
     "GATEWAY_WEB_UPSTREAM": "127.0.0.1:8004",
     "GATEWAY_STATE_DIR": "var/gateway",
+    "GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
 }
 
 PLACEHOLDER = re.compile(r"\$\{(GATEWAY_[A-Z0-9_]+)\}")
@@ -67,6 +70,13 @@ PLACEHOLDER = re.compile(r"\$\{(GATEWAY_[A-Z0-9_]+)\}")
 UPSTREAMS = ("GATEWAY_INVENTORY_UPSTREAM", "GATEWAY_BOOKING_UPSTREAM", "GATEWAY_NOTIFY_UPSTREAM",
              "GATEWAY_WEB_UPSTREAM")
 
+#: Settings that are comma-separated lists, and how their template line repeats for each item. (The nginx
+#: image's envsubst cannot repeat a line: in docker-compose.yml and on Kubernetes they take one item.)
+LISTS: dict[str, str] = {
+    **dict.fromkeys(UPSTREAMS, ";\n        server "),
+    "GATEWAY_TRUSTED_PROXIES": ";\n    set_real_ip_from ",
+}
+
 _SERVER = re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}$")
 _CHECKS: dict[str, re.Pattern[str]] = {
     "GATEWAY_LISTEN": re.compile(r"^(?:[A-Za-z0-9.\-]+:|\[[0-9A-Fa-f:]+\]:)?[0-9]{1,5}$"),
@@ -74,6 +84,8 @@ _CHECKS: dict[str, re.Pattern[str]] = {
     "GATEWAY_STATE_DIR": re.compile(r"^/[^\s;{}'\"$]*$"),
     "GATEWAY_API_RATE": re.compile(r"^[0-9]+r/[sm]$"),
     "GATEWAY_FEEDS_RATE": re.compile(r"^[0-9]+r/[sm]$"),
+    # an address, a network (address/bits) or a host name
+    "GATEWAY_TRUSTED_PROXIES": re.compile(r"^(?:[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?|[A-Za-z0-9][A-Za-z0-9.\-]*)$"),
 }
 
 
@@ -95,17 +107,17 @@ def resolve(values: Mapping[str, str] | None = None, env: Mapping[str, str] | No
     if not out["GATEWAY_STATE_DIR"].startswith("/"):
         out["GATEWAY_STATE_DIR"] = str(Path(out["GATEWAY_STATE_DIR"]).resolve())
     for key, value in out.items():
-        items = value.split(",") if key in UPSTREAMS else [value]
+        items = value.split(",") if key in LISTS else [value]
         if not all(_CHECKS[key].match(item) for item in items):
             raise ValueError(f"{key}={value!r} is not a valid value")
     return out
 
 
 def _fill(resolved: Mapping[str, str], name: str) -> str:
-    """A placeholder's text; a list of upstream servers becomes one ``server`` line each."""
+    """A placeholder's text; a list (upstream servers, trusted proxies) becomes one line each."""
     value = resolved[name]
-    if name in UPSTREAMS:
-        return ";\n        server ".join(value.split(","))
+    if name in LISTS:
+        return LISTS[name].join(value.split(","))
     return value
 
 
@@ -133,12 +145,14 @@ def write_local_config(
     web: str | Sequence[str] = LOCAL["GATEWAY_WEB_UPSTREAM"],
     api_rate: str | None = None,
     feeds_rate: str | None = None,
+    trusted_proxies: str | Sequence[str] = LOCAL["GATEWAY_TRUSTED_PROXIES"],
     env: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``<state_dir>/nginx.conf`` for services and the web app on loopback ports; returns its path.
 
     ``state_dir`` is created and also holds nginx's pid, temp files and feed cache. An upstream may
-    be a list of ``host:port`` (or a comma-separated string): one ``server`` line each.
+    be a list of ``host:port`` (or a comma-separated string): one ``server`` line each. The web app
+    calls the API from ``trusted_proxies`` (127.0.0.1), so its X-Forwarded-For is believed there.
     """
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -151,6 +165,7 @@ def write_local_config(
         "GATEWAY_STATE_DIR": str(state),
         "GATEWAY_API_RATE": api_rate,
         "GATEWAY_FEEDS_RATE": feeds_rate,
+        "GATEWAY_TRUSTED_PROXIES": _servers(trusted_proxies),
     }
     conf = state / "nginx.conf"
     conf.write_text(render(values, env=env if env is not None else {}), encoding="utf-8")
@@ -185,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", help="pid, temp and cache directory (GATEWAY_STATE_DIR)")
     parser.add_argument("--api-rate", help="e.g. 50r/s (GATEWAY_API_RATE)")
     parser.add_argument("--feeds-rate", help="e.g. 100r/s (GATEWAY_FEEDS_RATE)")
+    parser.add_argument("--trusted-proxies",
+                        help="address, network or host name[,...] whose X-Forwarded-For is believed "
+                             "(GATEWAY_TRUSTED_PROXIES)")
     parser.add_argument("--out", help="file to write (default: standard output; with --run: <state-dir>/nginx.conf)")
     parser.add_argument("--run", action="store_true", help="then exec nginx in the foreground on the written file")
     args = parser.parse_args(argv)
@@ -199,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "GATEWAY_STATE_DIR": args.state_dir,
         "GATEWAY_API_RATE": args.api_rate,
         "GATEWAY_FEEDS_RATE": args.feeds_rate,
+        "GATEWAY_TRUSTED_PROXIES": args.trusted_proxies,
     }
     env = {k: v for k, v in os.environ.items() if k in DEFAULTS and v}
     values = {**base, **env, **{k: v for k, v in given.items() if v}}

@@ -11,7 +11,9 @@ and RabbitMQ:
 - N booking consumers and N notify workers (``python -m services.<name> consume``);
 - the web app under gunicorn;
 - nginx in front, configured from deploy/nginx.conf by deploy/render_nginx.py, each
-  upstream listing every replica of its service, the web app's upstream the web app.
+  upstream listing every replica of its service, the web app's upstream the web app,
+  and 127.0.0.1 (where the web app calls the API from) its trusted proxy: each user of
+  the web app has a rate-limit allowance of their own, as in production.
 
 Relays and consumers serve their metrics with ``--metrics-port``, as the Kubernetes
 probes use them. Ctrl-C stops everything (SIGTERM, then SIGKILL after a grace period);
@@ -310,7 +312,7 @@ class Stack:
             gateway_dir, listen=f"127.0.0.1:{self.port}", inventory=upstreams["inventory"],
             booking=upstreams["booking"], notify=upstreams["notify"],
             web=web.address if web else f"127.0.0.1:{free_port()}", api_rate=self.api_rate,
-            feeds_rate=self.feeds_rate,
+            feeds_rate=self.feeds_rate, trusted_proxies="127.0.0.1",
         )
         if self.dev_mode:
             conf.write_text(development_routes(conf.read_text(encoding="utf-8")), encoding="utf-8")

@@ -6,6 +6,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable, Iterable
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from flask import Flask, Response, abort, g, render_template, request, session
 from flask_babel import Babel
 from flask_babel import gettext as _
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from services.web import i18n
 from services.web.client import ApiError, NotAuthenticated, WSGIAdapter
@@ -44,6 +46,38 @@ def _check_csrf() -> None:
         abort(400, description="csrf")
 
 
+class ClientAddress:
+    """WSGI middleware: the user's address is the one the gateway names, never one the browser made up.
+
+    On a request from a trusted proxy (``forwarded_allow_ips``: the gateway) ``REMOTE_ADDR`` becomes
+    the last X-Forwarded-For entry, the one the gateway appended (the address it decided is the
+    client's); entries before it came from the browser and are not believed. Any other peer's
+    X-Forwarded-For is ignored. The API client names this address in its calls, so the gateway
+    counts them against the user's own allowance.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], trusted: Iterable[str]) -> None:
+        self.app = app
+        self.via_proxy = ProxyFix(app, x_for=1, x_proto=0)
+        trusted = list(trusted)
+        self.any_peer = "*" in trusted
+        self.networks = [ip_network(t, strict=False) for t in trusted if t != "*"]
+
+    def trusts(self, peer: str | None) -> bool:
+        """Whether ``peer`` (an address) is a proxy whose X-Forwarded-For is believed."""
+        if self.any_peer:
+            return True
+        try:
+            address = ip_address(peer or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        app = self.via_proxy if self.trusts(environ.get("REMOTE_ADDR")) else self.app
+        return app(environ, start_response)
+
+
 def create_app(settings: WebSettings | None = None,
                api_wsgi: Callable[..., Iterable[bytes]] | None = None) -> Flask:
     """The web app; ``api_wsgi`` mounts the API's WSGI app in-process (the all-in-one development server)."""
@@ -60,6 +94,7 @@ def create_app(settings: WebSettings | None = None,
         BABEL_DEFAULT_LOCALE="en",
         SEND_FILE_MAX_AGE_DEFAULT=300,
     )
+    app.wsgi_app = ClientAddress(app.wsgi_app, settings.forwarded_allow_ips)  # type: ignore[method-assign]
     app.session_interface = FileSessions(settings.session_dir, settings.session_seconds)
     Babel(app, locale_selector=i18n.select_locale)
 

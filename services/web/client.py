@@ -117,14 +117,20 @@ class WSGIAdapter(BaseAdapter):
 
 
 class Api:
-    """The labshare API as one user (``token``) sees it."""
+    """The labshare API as one user (``token``) sees it.
+
+    ``client_address`` is that user's address: every call names it in X-Forwarded-For, so that the
+    gateway, which trusts the web app as a proxy, counts the call against that user's rate limit
+    rather than against the web app's one address.
+    """
 
     def __init__(self, base_url: str, http: requests.Session, token: str | None = None,
-                 timeout: float = 15.0) -> None:
+                 timeout: float = 15.0, client_address: str | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.http = http
         self.token = token
         self.timeout = timeout
+        self.client_address = client_address
 
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                 json_body: Any = None, token: str | None = None) -> Any:
@@ -147,6 +153,8 @@ class Api:
             headers["Authorization"] = f"Bearer {bearer}"
         if json_body is not None:
             headers["Content-Type"] = "application/json"
+        if self.client_address:
+            headers["X-Forwarded-For"] = self.client_address
         clean = {k: v for k, v in (params or {}).items() if v not in (None, "")}
         try:
             resp = self.http.request(

@@ -29,6 +29,9 @@ class WebSettings:
     #: Seconds a login lasts (development tokens live 12 hours).
     session_seconds: int = 12 * 3600
     api_timeout: float = 15.0
+    #: Peers whose X-Forwarded-For is believed (addresses, networks, or ``*`` for any): the gateway in
+    #: front. gunicorn's ``forwarded_allow_ips`` comes from the same variable, with the same default.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
 
     @property
     def secure_cookies(self) -> bool:
@@ -43,7 +46,8 @@ class WebSettings:
     @classmethod
     def from_env(cls, base: Settings | None = None, env: Mapping[str, str] | None = None,
                  **overrides: object) -> WebSettings:
-        """Read ``LABSHARE_API_URL``, ``LABSHARE_WEB_SECRET_KEY`` and ``LABSHARE_OIDC_CLIENT_*``."""
+        """Read ``LABSHARE_API_URL``, ``LABSHARE_WEB_SECRET_KEY``, ``LABSHARE_OIDC_CLIENT_*`` and
+        ``LABSHARE_FORWARDED_ALLOW_IPS`` (comma-separated)."""
         env = os.environ if env is None else env
         base = base or Settings.from_env(env)
         values: dict[str, object] = {
@@ -56,6 +60,9 @@ class WebSettings:
             "oidc_client_id": env.get("LABSHARE_OIDC_CLIENT_ID") or None,
             "oidc_client_secret": env.get("LABSHARE_OIDC_CLIENT_SECRET") or None,
         }
+        allowed = tuple(a.strip() for a in env.get("LABSHARE_FORWARDED_ALLOW_IPS", "").split(",") if a.strip())
+        if allowed:
+            values["forwarded_allow_ips"] = allowed
         values.update(overrides)
         if not values["secret_key"]:
             values["secret_key"] = DEV_SECRET_KEY if values["dev_mode"] else _stored_key(Path(str(values["data_dir"])))

@@ -75,9 +75,10 @@ def _state() -> dict[str, Any]:
 
 
 def api() -> Api:
-    """The API as the logged-in user sees it."""
+    """The API as the logged-in user sees it, called from the user's address (see ``ClientAddress``)."""
     st = _state()
-    return Api(st["settings"].api_url, st["http"], session.get("token"), st["settings"].api_timeout)
+    return Api(st["settings"].api_url, st["http"], session.get("token"), st["settings"].api_timeout,
+               client_address=request.remote_addr)
 
 
 def user() -> dict[str, Any] | None:
@@ -229,7 +230,8 @@ def dev_login() -> Response:
     claims = DEV_USERS.get(request.form.get("user", ""))
     if claims is None:
         abort(400)
-    token = Api(_state()["settings"].api_url, _state()["http"]).post("/api/v1/dev/token", claims)["token"]
+    token = Api(_state()["settings"].api_url, _state()["http"],
+                client_address=request.remote_addr).post("/api/v1/dev/token", claims)["token"]
     _log_in(token, claims)
     return redirect(_safe_next(request.form.get("next")))
 

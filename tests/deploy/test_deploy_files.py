@@ -926,7 +926,13 @@ def test_nginx_template_placeholders_and_rendering():
     assert "listen 127.0.0.1:8080 default_server;" in local
     env_rendered = render_nginx.render(env={"GATEWAY_BOOKING_UPSTREAM": "10.0.0.5:9000", "UNRELATED": "x"})
     assert "server 10.0.0.5:9000;" in env_rendered
-    for bad in ({"GATEWAY_BOOKING_UPSTREAM": "booking:8000; evil"}, {"GATEWAY_API_RATE": "fast"}):
+    # Whose X-Forwarded-For is believed: the web app (compose), this machine (local), or a list, one line each.
+    assert "\n    set_real_ip_from web;\n    real_ip_header X-Forwarded-For;\n" in compose_text
+    assert "set_real_ip_from 127.0.0.1;" in local
+    several = render_nginx.render({"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8,fd00::/8,lb.internal"}, env={})
+    assert "set_real_ip_from 10.0.0.0/8;\n    set_real_ip_from fd00::/8;\n    set_real_ip_from lb.internal;" in several
+    for bad in ({"GATEWAY_BOOKING_UPSTREAM": "booking:8000; evil"}, {"GATEWAY_API_RATE": "fast"},
+                {"GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8; evil"}, {"GATEWAY_TRUSTED_PROXIES": ""}):
         with pytest.raises(ValueError):
             render_nginx.render(bad, env={})
 
@@ -981,6 +987,13 @@ def test_nginx_accepts_the_rendered_config(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
     assert "[warn]" not in result.stderr and "[emerg]" not in result.stderr, result.stderr
+    # Trusted proxies as addresses, networks of either family, and host names (resolved when nginx starts).
+    conf = render_nginx.write_local_config(tmp_path / "gw", listen=f"127.0.0.1:{_free_port()}",
+                                           trusted_proxies=["127.0.0.1", "10.0.0.0/8", "fd00::/8", "localhost"])
+    result = subprocess.run(
+        render_nginx.nginx_command(conf, nginx=binary, test=True), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
 
 
 # ==== deploy/nginx.conf: the gateway in front of stand-in services ==========================
@@ -1480,6 +1493,73 @@ def test_gateway_rate_limits_with_problem_json(stubs, tmp_path):
         conn.close()
         assert statuses[-1] == 429 and set(statuses[:-1]) == {200} and 100 <= len(statuses) <= 102
         assert _get(gw.port, "/feeds/labs/rate-l1.ics")[0] == 200, "feeds have their own allowance"
+    finally:
+        gw.stop()
+
+
+def test_gateway_rate_limits_each_user_a_trusted_proxy_names(stubs, tmp_path):
+    """The web app calls the API for everyone from one address, naming each user in X-Forwarded-For.
+
+    From a trusted proxy (127.0.0.1 here, as in make stack) each forwarded address has an allowance of its
+    own; from anyone else (127.0.0.2, the same machine but not trusted) X-Forwarded-For changes nothing.
+    """
+    gw = Gateway(
+        tmp_path,
+        inventory=stubs["inventory"].address,
+        booking=stubs["booking"].address,
+        notify=stubs["notify"].address,
+        web=stubs["web"].address,
+        api_rate="1r/m",
+        feeds_rate="1r/m",
+    )
+    inventory = stubs["inventory"]
+
+    def until_refused(source: str, forwarded) -> int:
+        """Requests from ``source`` (X-Forwarded-For: ``forwarded(i)``) up to and with the first 429."""
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10, source_address=(source, 0))
+        try:
+            for i in range(1, 120):
+                conn.request("GET", "/api/v1/labs", headers={"X-Forwarded-For": forwarded(i)})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 429:
+                    return i
+                assert resp.status == 200
+            return 0
+        finally:
+            conn.close()
+
+    def seen_as(source: str, forwarded: str | None) -> tuple[int, str]:
+        """One request's status and the client address the gateway passed on (X-Real-IP)."""
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10, source_address=(source, 0))
+        try:
+            conn.request("GET", "/api/v1/labs?who", headers={"X-Forwarded-For": forwarded} if forwarded else {})
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            return resp.status, ""
+        record = next(r for r in reversed(inventory.requests) if r["path"] == "/api/v1/labs?who")
+        return resp.status, record["headers"]["x-real-ip"]
+
+    try:
+        # One user spends their allowance (burst 100, then one a minute)...
+        assert 100 <= until_refused("127.0.0.1", lambda i: "203.0.113.1") <= 102
+        assert seen_as("127.0.0.1", "203.0.113.1")[0] == 429
+        # ... and another user of the same proxy still has theirs, as has the proxy itself.
+        assert seen_as("127.0.0.1", "203.0.113.2") == (200, "203.0.113.2")
+        assert seen_as("127.0.0.1", None) == (200, "127.0.0.1")
+        # The rightmost address the trusted proxy did not vouch for counts: what a browser put in front does not.
+        assert seen_as("127.0.0.1", "203.0.113.1, 203.0.113.3") == (200, "203.0.113.3")
+        # An untrusted peer's X-Forwarded-For is ignored: not the spent address, nor a new one each time.
+        assert seen_as("127.0.0.2", "203.0.113.2") == (200, "127.0.0.2")
+        assert 99 <= until_refused("127.0.0.2", lambda i: f"198.51.100.{i % 250 + 1}") <= 101
+        assert seen_as("127.0.0.2", "198.51.100.251")[0] == 429
+        # The access log names the users, not the proxy.
+        addresses = {r["remote_addr"] for r in gw.access_records()}
+        assert {"203.0.113.1", "203.0.113.2", "203.0.113.3", "127.0.0.2"} <= addresses
+        assert not addresses & {f"198.51.100.{i}" for i in range(1, 252)}
     finally:
         gw.stop()
 

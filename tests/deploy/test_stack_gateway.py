@@ -107,7 +107,7 @@ def test_the_stacks_gateway_is_the_production_one_with_its_web_app(tmp_path):
     assert _upstream(text, "booking") == [s.components[f"booking-api-{i}"].address for i in (1, 2)]
     production = render_nginx.render({
         "GATEWAY_LISTEN": f"127.0.0.1:{s.port}", "GATEWAY_STATE_DIR": str(tmp_path / "gateway"),
-        "GATEWAY_API_RATE": s.api_rate, "GATEWAY_FEEDS_RATE": s.feeds_rate,
+        "GATEWAY_API_RATE": s.api_rate, "GATEWAY_FEEDS_RATE": s.feeds_rate, "GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
         **{f"GATEWAY_{name.upper()}_UPSTREAM": ",".join(
             c.address for c in s.components.values() if c.service == name and c.kind in ("api", "web"))
            for name in ("inventory", "booking", "notify", "web")},

@@ -66,6 +66,7 @@ def stub_api() -> Flask:
     @api.before_request
     def _record():
         api.config["calls"].append((request.method, request.path, request.headers.get("Authorization")))
+        api.config.setdefault("forwarded_for", []).append(request.headers.get("X-Forwarded-For"))
 
     @api.post("/api/v1/dev/token")
     def token():
@@ -372,6 +373,41 @@ def test_week_cells():
     assert monday_cells["10:30"] == "free"
     assert {c.state for c in days[5].cells} == {"closed"}
     assert {c.start.strftime("%H:%M"): c.state for c in days[1].cells}["11:00"] == "outage"
+
+
+def test_api_calls_name_the_address_the_gateway_gave_the_user(client, api):
+    """The gateway (a trusted peer) appends the browser's address to X-Forwarded-For: the API calls name that one.
+
+    Whatever the browser itself put in front of it is not believed, or anyone could pick an allowance.
+    """
+    log_in(client)
+    assert api.config["forwarded_for"] == ["127.0.0.1"], "the development login's token call too"
+    api.config["forwarded_for"].clear()
+    resp = client.get("/find", headers={"X-Forwarded-For": "203.0.113.66, 198.51.100.7"})
+    assert resp.status_code == 200
+    assert api.config["forwarded_for"] and set(api.config["forwarded_for"]) == {"198.51.100.7"}
+
+
+def test_a_forwarded_address_from_anyone_but_a_trusted_proxy_is_ignored(tmp_path, api):
+    settings = WebSettings(api_url="http://api.test", public_url="http://labshare.test", data_dir=str(tmp_path),
+                           dev_mode=True, secret_key="k", forwarded_allow_ips=("10.0.0.0/8",))
+    client = create_app(settings, api_wsgi=api).test_client()
+    log_in(client)
+    api.config["forwarded_for"].clear()
+    spoofed = {"X-Forwarded-For": "203.0.113.66"}
+    client.get("/find", headers=spoofed, environ_base={"REMOTE_ADDR": "192.0.2.50"})
+    assert set(api.config["forwarded_for"]) == {"192.0.2.50"}, "a peer outside the trusted network speaks for itself"
+    api.config["forwarded_for"].clear()
+    client.get("/find", headers=spoofed, environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert set(api.config["forwarded_for"]) == {"203.0.113.66"}
+
+
+def test_trusted_proxies_are_gunicorns_forwarded_allow_ips(tmp_path):
+    env = {"LABSHARE_DATA_DIR": str(tmp_path), "LABSHARE_DEV_MODE": "1"}
+    assert WebSettings.from_env(env=env).forwarded_allow_ips == ("127.0.0.1", "::1")
+    allowed = WebSettings.from_env(env={**env, "LABSHARE_FORWARDED_ALLOW_IPS": " 10.0.0.0/8, 172.18.0.5 "})
+    assert allowed.forwarded_allow_ips == ("10.0.0.0/8", "172.18.0.5")
+    assert WebSettings.from_env(env={**env, "LABSHARE_FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == ("*",)
 
 
 def test_production_login_is_oidc_with_pkce(tmp_path, api):
