@@ -80,7 +80,7 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
     exact = {
         **dict.fromkeys(
             ("booking.created", "booking.confirmed", "booking.updated", "booking.cancelled", "booking.declined",
-             "booking.checked_in"), then_webhooks(booking)),
+             "booking.checked_in", "booking.no_show"), then_webhooks(booking)),
         **dict.fromkeys(WAITLIST_MAILS, then_webhooks(waitlist)),
         "lab.created": then_webhooks(on_lab),
         "lab.updated": then_webhooks(on_lab),

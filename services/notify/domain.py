@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 #: Booking statuses that hold time and may be in the owner's calendar.
 LIVE = ("confirmed", "pending")
-#: Booking events after which the owner's calendar entry is removed (``METHOD:CANCEL``).
-ENDING = ("booking.cancelled", "booking.declined")
+#: Booking events after which the owner's calendar entry is removed (``METHOD:CANCEL``), as the feeds show
+#: such a booking ``STATUS:CANCELLED``.
+ENDING = ("booking.cancelled", "booking.declined", "booking.no_show")
 #: Waitlist events that mail the waiter. One who got a confirmed booking (``waitlist.booked``) hears of it
 #: from that booking's own invitation; joining and leaving are their own doing.
 WAITLIST_MAILS = ("waitlist.offered", "waitlist.skipped", "waitlist.expired")
@@ -116,7 +117,7 @@ class Plan:
     """The mails one booking event calls for, and what becomes of the owner's reminder."""
 
     #: ``booked`` | ``changed`` | ``approved`` | ``pending_again`` → a REQUEST to the owner;
-    #: ``cancelled`` | ``declined`` → a CANCEL to the owner; None: no mail to the owner.
+    #: ``cancelled`` | ``declined`` | ``no_show`` → a CANCEL to the owner; None: no mail to the owner.
     owner_mail: str | None = None
     #: Managers asked to approve or decline.
     approvers: list[Person] = field(default_factory=list)
@@ -149,10 +150,8 @@ def plan_for(event_type: str, b: BookingFacts, seen: Seen | None) -> Plan:
             plan.approvers = approvers
             if seen is not None and seen.invited:
                 plan.owner_mail = "pending_again"
-    elif event_type == "booking.cancelled":
-        plan.owner_mail = "cancelled"
-    elif event_type == "booking.declined":
-        plan.owner_mail = "declined"
+    elif event_type in ENDING:
+        plan.owner_mail = event_type.removeprefix("booking.")
     if not b.owner.email:
         plan.owner_mail = None
     return plan
@@ -160,6 +159,10 @@ def plan_for(event_type: str, b: BookingFacts, seen: Seen | None) -> Plan:
 
 def cancel_text(b: BookingFacts) -> str:
     """Why a booking ended, in words for its owner."""
+    if b.status == "no_show":
+        return ("Nobody checked in to the booking by its check-in deadline, shortly after its start, so it was "
+                "released as a no-show: the rest of its time is free for others. It still counts as booked time "
+                "in the lab's usage.")
     if b.status == "declined":
         reason = b.cancel_reason if b.cancel_reason and b.cancel_reason != "declined" else ""
         return f"The lab declined the booking{': ' + reason if reason else '.'}"

@@ -144,8 +144,9 @@ def on_booking_event(rt: NotifyRuntime, session: Session, event: dict[str, Any])
     """Mail the people a booking event concerns and keep the owner's reminder in step.
 
     The owner gets an iMIP REQUEST when the booking is confirmed or changed and a
-    CANCEL when it is cancelled or declined; the lab's managers are asked to
-    approve a pending one. A stale event (lower ``sequence``) mails nobody.
+    CANCEL when it is cancelled, declined or released as a no-show; the lab's
+    managers are asked to approve a pending one. A stale event (lower
+    ``sequence``) mails nobody.
     """
     b = BookingFacts.from_snapshot(event["data"])
     stamp = now()

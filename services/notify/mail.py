@@ -91,12 +91,14 @@ OWNER_WORDING = {
                                            "your calendar shows it as tentative until then."),
     "cancelled": ("Cancelled", ""),
     "declined": ("Declined", ""),
+    "no_show": ("No-show", ""),
 }
 
 
 def owner_letter(kind: str, b: BookingFacts, calendar: str, method: str, booking_url: str,
                  organizer: Person) -> Letter:
-    """The mail to a booking's owner: an invitation (REQUEST) or its withdrawal (CANCEL)."""
+    """The mail to a booking's owner: an invitation (REQUEST) or its withdrawal (CANCEL: cancelled, declined,
+    released as a no-show)."""
     word, intro = OWNER_WORDING[kind]
     if method == "CANCEL":
         intro = cancel_text(b) + " The attached cancellation removes it from your calendar."

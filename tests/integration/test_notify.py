@@ -20,8 +20,10 @@ from email import policy
 import icalendar
 import pytest
 from kombu import Producer
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
+from services.booking.store import Booking
+from services.booking.workers import Housekeeping
 from services.notify import handlers
 from services.notify.app import build_runtime
 from services.notify.workers import DeliveryWorker
@@ -153,6 +155,43 @@ def test_outage_cancellation_tells_the_owner_why(ns, smtp):
     cancel = smtp.wait_for(ADA, 2)[1]
     assert calendar_of(cancel)[0] == "CANCEL"
     assert "out of service" in text_of(cancel) and "Laser service" in text_of(cancel)
+
+
+def test_a_no_show_tells_the_owner_and_cancels_the_invitation(ns, smtp, receiver):
+    hook = create_hook(ns, receiver, "/no-shows", events=["booking.no_show"])
+    res = ns.make_resource(policy={"checkin_required": True, "checkin_grace_minutes": 15})
+    b = ns.book("ada", res["id"], next_weekday(2, 9), next_weekday(2, 11), title="Live-cell imaging").get_json()
+    invite = smtp.wait_for(ADA, 1)[0]
+    # Its check-in deadline passes with nobody checked in (the booking is left ahead, so the feeds still list it).
+    with ns.runtimes["booking"].db.begin() as s:
+        s.execute(update(Booking).where(Booking.id == b["id"]).values(
+            checkin_due=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)))
+    Housekeeping(ns.runtimes["booking"]).run_once()  # (the stack's own loop may get there first)
+    released = smtp.wait_for(ADA, 2)[1]
+    assert released["To"].addresses[0].addr_spec == ADA
+    assert released["Subject"] == invite["Subject"].replace("Booked:", "No-show:")
+    text = text_of(released)
+    for words in ("Nobody checked in to the booking by its check-in deadline", "released as a no-show",
+                  "free for others", res["name"], "Live-cell imaging", f"/api/v1/bookings/{b['id']}"):
+        assert words in text, words
+    # The invitation is withdrawn: same UID, the booking's new sequence; the feed shows it cancelled too.
+    method, cal = calendar_of(released)
+    assert method == "CANCEL" and cal["METHOD"] == "CANCEL"
+    uid = booking_uid(b["id"], ns.settings)
+    assert str(vevent(cal)["UID"]) == uid == str(vevent(calendar_of(invite)[1])["UID"])
+    got = ns.get(f"/api/v1/bookings/{b['id']}", "ada").get_json()
+    assert (got["status"], got["sequence"]) == ("no_show", int(vevent(cal)["SEQUENCE"])) == ("no_show", 1)
+    assert vevent(cal)["STATUS"] == "CANCELLED"
+    feed = icalendar.Calendar.from_ical(ns.client.get(f"/feeds/resources/{res['id']}.ics").data)
+    listed = next(e for e in feed.walk("VEVENT") if str(e["UID"]) == uid)
+    assert listed["STATUS"] == "CANCELLED" and int(listed["SEQUENCE"]) == 1
+    # The webhook that asked for no-shows gets the event.
+    calls = wait_until(lambda: receiver.at("/no-shows"), what="the no-show's webhook call")
+    assert [json.loads(c.body)["type"] for c in calls] == ["booking.no_show"]
+    assert ns.get(f"/api/v1/webhooks/{hook['id']}/deliveries", ADMIN).get_json()["items"][0]["event_type"] == (
+        "booking.no_show")
+    time.sleep(0.5)
+    assert len(smtp.to(ADA)) == 2
 
 
 def test_reminder_goes_out_once_before_the_start(ns, smtp):

@@ -53,6 +53,7 @@ def test_snapshot_is_read_with_lab_zone_owner_and_outage():
         ("booking.cancelled", "cancelled", 2, Seen(1, "confirmed", True), "cancelled", 0, False),
         ("booking.declined", "declined", 1, Seen(0, "pending", False), "declined", 0, False),
         ("booking.checked_in", "confirmed", 1, Seen(0, "confirmed", True), None, 0, True),
+        ("booking.no_show", "no_show", 1, Seen(0, "confirmed", True), "no_show", 0, False),
     ],
 )
 def test_plan_for_each_booking_event(event, status, sequence, seen, owner_mail, approvers, remind):

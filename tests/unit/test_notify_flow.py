@@ -188,6 +188,45 @@ def test_change_and_cancel_keep_the_uid_and_raise_the_sequence(rt, fakes):
     assert next(p for p in cancel.walk() if p.get_content_type() == "application/ics").get_filename() == "cancel.ics"
 
 
+def test_a_no_show_tells_its_owner_and_takes_it_out_of_their_calendar(rt, fakes):
+    """Released as a no-show: a mail in plain words, with a CANCEL for the invitation (as the feeds show it
+    CANCELLED), once however often the event comes; its reminder goes with it."""
+    mail = fakes[0]
+    start = dt.datetime.now(UTC).replace(microsecond=0) + dt.timedelta(hours=3)
+    send_event(rt, "booking.confirmed", snapshot(start=start))
+    with rt.db.read() as s:
+        assert s.scalar(select(Reminder).where(Reminder.booking_id == "b1")) is not None
+    released = snapshot(start=start, status="no_show", sequence=1, checked_in_at=None)
+    event = send_event(rt, "booking.no_show", released)
+    assert rt.consumer.handle(event) is False  # a redelivery: the inbox knows it
+    with rt.db.begin() as s:
+        s.execute(delete(rt.inbox))
+    assert rt.consumer.handle(event) is True  # replayed after the inbox forgot it: the delivery key still holds
+    deliver(rt)
+    assert [rcpt for _, rcpt in mail.envelopes] == ["ada@example.org", "ada@example.org"]
+    invite, no_show = mail.sent
+    assert no_show["To"].addresses[0].addr_spec == "ada@example.org"
+    assert no_show["Subject"].startswith("No-show: Zeiss LSM 980, ")
+    assert no_show["Subject"] == invite["Subject"].replace("Booked:", "No-show:")
+    text = no_show.get_body(preferencelist=("plain",)).get_content()
+    for words in ("Nobody checked in to the booking by its check-in deadline", "released as a no-show",
+                  "the rest of its time is free for others", "removes it from your calendar",
+                  "Zeiss LSM 980", "Cell imaging lab", "Live-cell imaging",
+                  "https://labshare.example.org/api/v1/bookings/b1"):
+        assert words in text, words
+    assert "Booking:  b1" in text and "When:     " in text and "(Europe/Oslo)" in text
+    part, cal = calendar_part(no_show)
+    assert part.get_param("method") == "CANCEL" == cal["METHOD"]
+    event_ = the_event(cal)
+    assert str(event_["UID"]) == str(the_event(calendar_part(invite)[1])["UID"]) == "b1@labshare.example.org"
+    assert int(event_["SEQUENCE"]) == 1 and event_["STATUS"] == "CANCELLED"
+    assert "released as a no-show" in str(event_["DESCRIPTION"])
+    with rt.db.read() as s:
+        assert s.scalar(select(Reminder).where(Reminder.booking_id == "b1")) is None
+        kinds = s.execute(select(Delivery.kind, Delivery.event_type).where(Delivery.channel == "email")).all()
+    assert sorted(kinds) == [("cancellation", "booking.no_show"), ("invitation", "booking.confirmed")]
+
+
 def test_waiters_hear_when_offered_skipped_or_expired(rt, fakes):
     mail = fakes[0]
     refused = {"rule": "qualification", "message": "Only users trained on Zeiss LSM 980 may book it."}
@@ -366,6 +405,17 @@ def test_webhook_calls_are_signed_and_retried(rt, fakes):
     assert headers["X-Labshare-Delivery"] == headers2["X-Labshare-Delivery"]
     log = handlers.webhook_deliveries(rt, _admin(), hook["id"], None, 10, None)
     assert [d["status"] for d in log] == ["sent"] and [a["status_code"] for a in log[0]["log"]] == [503, 200]
+
+
+def test_webhooks_may_ask_for_no_shows(rt, fakes):
+    http = fakes[1]
+    no_shows = _hook(rt, events=["booking.no_show"], url="https://hooks.example.org/no-shows")
+    _hook(rt, events=["booking.cancelled"], url="https://hooks.example.org/cancelled")
+    every = _hook(rt, events=["booking.*"], url="https://hooks.example.org/all")
+    event = send_event(rt, "booking.no_show", snapshot(status="no_show", sequence=1))
+    deliver(rt)
+    assert sorted(url for url, _, _ in http.calls) == sorted([no_shows["url"], every["url"]])
+    assert all(json.loads(body) == event for _, body, _ in http.calls)
 
 
 def test_a_webhook_failing_through_its_schedule_is_disabled_with_a_notice(rt, fakes):
