@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable
 
 from flask import Blueprint, Response, request
+from sqlalchemy.orm import Session
 from werkzeug.http import http_date, is_resource_modified
 
 from services.booking import feed_render, store
@@ -163,6 +164,17 @@ def _uid(rt: Runtime) -> Callable[[str], str]:
 FEED_QUERY = ("from", "to")
 
 
+def _resource_feed_state(session: Session, resource_id: str) -> tuple[dt.timedelta, int | None, dt.datetime | None]:
+    """A resource's horizon and its feed's version and last change; 404 when unknown, 410 when retired."""
+    state = store.resource_feed_state(session, resource_id)
+    if state is None:
+        raise NotFound(f"No resource with id {resource_id}.")
+    status, policy, _lab_id, version, changed_at = state
+    if status == "retired":
+        raise Gone(f"Resource {resource_id} was retired; its feed has ended.")
+    return dt.timedelta(days=Policy.from_dict(policy).horizon_days), version, changed_at
+
+
 @doc.op("get", "/feeds/resources/{resource_id}.ics", "A resource's busy calendar (iCalendar)",
         query=FEED_QUERY, auth=False, content=CALENDAR_TYPE)
 @bp.get("/feeds/resources/<resource_id>.ics")
@@ -172,13 +184,7 @@ def resource_feed(resource_id: str) -> Response:
     rt, at = runtime_of(), now()
     start, end = _requested_range()
     with rt.db.read() as session:
-        state = store.resource_feed_state(session, resource_id)
-        if state is None:
-            raise NotFound(f"No resource with id {resource_id}.")
-        status, policy, _lab_id, version, changed_at = state
-        if status == "retired":
-            raise Gone(f"Resource {resource_id} was retired; its feed has ended.")
-        horizon = dt.timedelta(days=Policy.from_dict(policy).horizon_days)
+        horizon, version, changed_at = _resource_feed_state(session, resource_id)
         win = feed_render.window(at, horizon, start, end)
         path = f"/feeds/resources/{resource_id}.ics"
         etag, changed = _validators("resource", resource_id, version, changed_at, win, rt.settings.public_url)
@@ -207,13 +213,7 @@ def resource_freebusy(resource_id: str) -> Response:
     rt, at = runtime_of(), now()
     start, end = _requested_range()
     with rt.db.read() as session:
-        state = store.resource_feed_state(session, resource_id)
-        if state is None:
-            raise NotFound(f"No resource with id {resource_id}.")
-        status, policy, _lab_id, version, changed_at = state
-        if status == "retired":
-            raise Gone(f"Resource {resource_id} was retired; its feed has ended.")
-        horizon = dt.timedelta(days=Policy.from_dict(policy).horizon_days)
+        horizon, version, changed_at = _resource_feed_state(session, resource_id)
         today = _day_start(at.date())
         win = feed_render.window(at, horizon, max(start or today, today), end)
         path = f"/feeds/resources/{resource_id}/freebusy.ics"
