@@ -54,7 +54,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from shared.auth import issue_dev_token  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared.db import admin_engine, psycopg_url  # noqa: E402
+from shared.db import psycopg_url  # noqa: E402
+from tests.infra import create_database, drop_database  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("LABSHARE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("LABSHARE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -320,23 +321,6 @@ def book_with_wrk(base_url: str, token: str, resource_ids: list[str], first_day:
 # -- PostgreSQL and RabbitMQ ----------------------------------------------------------------------------------
 
 
-def create_database() -> str:
-    name = f"labshare_bench_{uuid.uuid4().hex[:10]}"
-    engine = admin_engine(PG_ADMIN_URL)
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    engine = admin_engine(PG_ADMIN_URL)
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
-
-
 def bench_queue(bench: Bench) -> Queue:
     """A queue of the bench's own, bound to every booking event."""
     exchange = Exchange(bench.exchange, type="topic", durable=True)
@@ -434,7 +418,7 @@ def run_postgres(bench: Bench) -> None:
     r = bench.results
     bench.exchange = f"labshare.bench.{uuid.uuid4().hex[:8]}"
     bench.prefix = f"bench{uuid.uuid4().hex[:8]}"
-    bench.db_url = create_database()
+    bench.db_url = create_database(PG_ADMIN_URL, "labshare_bench")
     env = child_env(LABSHARE_DATABASE_URL=bench.db_url, LABSHARE_BROKER_URL=AMQP_URL, LABSHARE_DEV_MODE="1",
                     LABSHARE_EXCHANGE=bench.exchange, LABSHARE_QUEUE_PREFIX=bench.prefix)
     engine = create_engine(psycopg_url(bench.db_url))
@@ -860,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: could not delete the broker objects of {bench.prefix}: {exc}", file=sys.stderr)
         if bench.db_url:
             try:
-                drop_database(bench.db_url)
+                drop_database(bench.db_url, PG_ADMIN_URL)
             except Exception as exc:
                 print(f"bench: could not drop {bench.db_url}: {exc}", file=sys.stderr)
         if failed:

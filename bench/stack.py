@@ -43,7 +43,8 @@ if str(ROOT) not in sys.path:
 import requests  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from shared.db import admin_engine, psycopg_url  # noqa: E402
+from shared.db import psycopg_url  # noqa: E402
+from tests.infra import create_database, drop_database  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("LABSHARE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_HOST = os.environ.get("LABSHARE_BENCH_AMQP_HOST", "127.0.0.1")
@@ -75,22 +76,6 @@ class BenchError(Exception):
 
 
 # -- the machine's PostgreSQL and RabbitMQ -------------------------------------------------------------
-
-
-def create_database() -> str:
-    name = f"labshare_stack_bench_{uuid.uuid4().hex[:8]}"
-    engine = admin_engine(PG_ADMIN_URL)
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_database(url: str) -> None:
-    engine = admin_engine(PG_ADMIN_URL)
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
-    engine.dispose()
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -250,7 +235,7 @@ def one_run(stack, database_url: str, replicas: int, first_day: int, ids: list[s
 
 def measure(state_dir: Path) -> list[dict[str, Any]]:
     """One stack with two booking replicas; ROUNDS of (1 replica, 2 replicas) runs, interleaved."""
-    database_url = create_database()
+    database_url = create_database(PG_ADMIN_URL, "labshare_stack_bench")
     vhost = None
     stack = None
     try:
@@ -272,7 +257,7 @@ def measure(state_dir: Path) -> list[dict[str, Any]]:
             stack.stop()
         if vhost:
             rabbitmqctl("delete_vhost", vhost)
-        drop_database(database_url)
+        drop_database(database_url, PG_ADMIN_URL)
 
 
 def run() -> str:

@@ -1,4 +1,7 @@
-"""Access to the machine's PostgreSQL and RabbitMQ for tests: fresh databases, a vhost, clear skips."""
+"""Access to the machine's PostgreSQL and RabbitMQ for tests: fresh databases, a vhost, clear skips.
+
+``create_database`` and ``drop_database`` need no pytest run: the benchmarks use them too.
+"""
 
 from __future__ import annotations
 
@@ -37,21 +40,26 @@ def need(name: str, host: str, port: int) -> None:
     pytest.skip(f"{message}; start it to run this test")
 
 
-def fresh_database() -> str:
-    """Create an empty PostgreSQL database; returns its URL."""
-    need("PostgreSQL", "127.0.0.1", 5432)
-    name = f"labshare_test_{uuid.uuid4().hex[:12]}"
-    engine = admin_engine(PG_ADMIN_URL)
+def create_database(admin_url: str = PG_ADMIN_URL, prefix: str = "labshare_test") -> str:
+    """Create an empty database ``<prefix>_<random>`` on the server ``admin_url`` points at; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = admin_engine(admin_url)
     with engine.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def drop_database(url: str) -> None:
-    """Drop a test database, closing what still uses it."""
+def fresh_database() -> str:
+    """Create an empty PostgreSQL database for a test (skipped without PostgreSQL); returns its URL."""
+    need("PostgreSQL", "127.0.0.1", 5432)
+    return create_database()
+
+
+def drop_database(url: str, admin_url: str = PG_ADMIN_URL) -> None:
+    """Drop a database made by ``create_database``, closing what still uses it."""
     name = url.rsplit("/", 1)[1]
-    engine = admin_engine(PG_ADMIN_URL)
+    engine = admin_engine(admin_url)
     with engine.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
