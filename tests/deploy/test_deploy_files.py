@@ -1468,8 +1468,9 @@ def test_gateway_does_not_cache_what_the_service_does_not_allow(gateway, stubs):
         assert status == 304 and payload == b"", path
 
 
-def test_gateway_rate_limits_with_problem_json(stubs, tmp_path):
-    gw = Gateway(
+def _slow_gateway(stubs, tmp_path) -> Gateway:
+    """A gateway in front of the stubs whose allowances run out after the burst (1 request a minute)."""
+    return Gateway(
         tmp_path,
         inventory=stubs["inventory"].address,
         booking=stubs["booking"].address,
@@ -1478,6 +1479,10 @@ def test_gateway_rate_limits_with_problem_json(stubs, tmp_path):
         api_rate="1r/m",
         feeds_rate="1r/m",
     )
+
+
+def test_gateway_rate_limits_with_problem_json(stubs, tmp_path):
+    gw = _slow_gateway(stubs, tmp_path)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
         statuses = []
@@ -1503,15 +1508,7 @@ def test_gateway_rate_limits_each_user_a_trusted_proxy_names(stubs, tmp_path):
     From a trusted proxy (127.0.0.1 here, as in make stack) each forwarded address has an allowance of its
     own; from anyone else (127.0.0.2, the same machine but not trusted) X-Forwarded-For changes nothing.
     """
-    gw = Gateway(
-        tmp_path,
-        inventory=stubs["inventory"].address,
-        booking=stubs["booking"].address,
-        notify=stubs["notify"].address,
-        web=stubs["web"].address,
-        api_rate="1r/m",
-        feeds_rate="1r/m",
-    )
+    gw = _slow_gateway(stubs, tmp_path)
     inventory = stubs["inventory"]
 
     def until_refused(source: str, forwarded) -> int:
