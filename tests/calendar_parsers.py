@@ -10,30 +10,19 @@ import. Without node/npm or libical the checks skip and say why; with
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
-import shutil
 import subprocess
 import tempfile
 import warnings
 from pathlib import Path
 
 import icalendar
-import pytest
 
-from tests.infra import REQUIRED
+from tests.npm import npm_file, unavailable
 
 HERE = Path(__file__).resolve().parent
-NODE_DIR = HERE / ".node"
-ICALJS = NODE_DIR / "node_modules" / "ical.js" / "dist" / "ical.js"
 ICALJS_CHECK = HERE / "icaljs_check.mjs"
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def _unavailable(message: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"{message}, and LABSHARE_REQUIRE_SERVICES=1")
-    pytest.skip(message)
 
 
 # -- Python icalendar ---------------------------------------------------------------------------
@@ -55,20 +44,7 @@ def parse_icalendar(data: bytes) -> icalendar.Calendar:
 
 def icaljs_module() -> Path:
     """The ical.js module, installed from the npm registry into ``tests/.node`` the first time."""
-    if not shutil.which("node") or not shutil.which("npm"):
-        _unavailable("node and npm are needed to check feeds with ical.js")
-    NODE_DIR.mkdir(exist_ok=True)
-    with open(NODE_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one install even when tests run in parallel
-        if not ICALJS.exists():
-            done = subprocess.run(
-                ["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--no-save",
-                 "ical.js@2"],
-                capture_output=True, text=True, timeout=300,
-            )
-            if done.returncode != 0 or not ICALJS.exists():
-                _unavailable(f"npm could not install ical.js: {done.stderr.strip()[-500:]}")
-    return ICALJS
+    return npm_file("ical.js", "2", "dist/ical.js")
 
 
 def parse_icaljs(*feeds: bytes) -> list[dict]:
@@ -139,7 +115,7 @@ def parse_libical(data: bytes) -> dict:
     Each event's ``start``/``end`` are Unix times, resolved through the VTIMEZONE of its TZID.
     """
     if not libical_available():
-        _unavailable("libical's Python bindings are missing (apt-get install gir1.2-ical-3.0 python3-gi)")
+        unavailable("libical's Python bindings are missing (apt-get install gir1.2-ical-3.0 python3-gi)")
     done = subprocess.run([SYSTEM_PYTHON, "-c", _LIBICAL_SCRIPT], input=data.decode(), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
