@@ -6,9 +6,9 @@ hours and schedules an outage that cancels a booking, after seeing the effect; t
 Norwegian UI renders. Screenshots of the main pages go to var/screenshots/ (or
 ``LABSHARE_SCREENSHOT_DIR``; ``make screenshots`` refreshes the ones in docs/screenshots/).
 
-Uses the machine's Chromium (``/usr/bin/chromium``), never a downloaded browser.
-Without it or the ``playwright`` package these tests skip, unless
-``LABSHARE_REQUIRE_SERVICES=1``, when they fail.
+Uses the machine's Chromium (``/usr/bin/chromium``), never a downloaded browser, and one
+labshare for every browser test (see ``conftest.py``). Without Chromium or the
+``playwright`` package these tests skip, unless ``LABSHARE_REQUIRE_SERVICES=1``, when they fail.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import contextlib
 import csv
 import datetime as dt
 import io
-import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,102 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import (
-    PYTHON,
-    REPO,
-    Api,
-    Processes,
-    clean_env,
-    expect,
-    free_port,
-    next_weekday,
-    wait_until,
-)
+from tests.e2e.helpers import Api, expect, next_weekday, wait_until
+from tests.e2e.web import log_in, resource_id, shot
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = os.environ.get("LABSHARE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-SHOTS = Path(os.environ.get("LABSHARE_SCREENSHOT_DIR") or REPO / "var" / "screenshots")
-ADA = {"sub": "ada", "name": "Ada Researcher", "email": "ada@ntnu.example.org", "org": "ntnu", "roles": ["researcher"]}
-
-
-def _missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install -e '.[test]')"
-    if not Path(CHROMIUM).exists():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory):
-    """One ``python -m services run`` as ``make run`` starts it, on a free port and a fresh data directory."""
-    reason = _missing()
-    if reason:
-        if os.environ.get("LABSHARE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"browser tests required but {reason}")
-        pytest.skip(reason)
-    run_dir = tmp_path_factory.mktemp("web")
-    procs = Processes(run_dir / "logs")
-    port = free_port()
-    # One quick retry: a webhook whose receiver fails is turned off within a test.
-    env = clean_env(LABSHARE_DEV_MODE="1", LABSHARE_PORT=str(port), LABSHARE_DATA_DIR=str(run_dir / "var"),
-                    LABSHARE_RETRY_SECONDS="0.2")
-    procs.start("labshare-run", [PYTHON, "-m", "services", "run"], env)
-    api = Api(f"http://127.0.0.1:{port}")
-    wait_until(api.healthy, 45, "labshare to answer /healthz", procs)
-    yield api
-    procs.stop_all()
-
-
-@pytest.fixture(scope="module")
-def browser(origin):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def new_page(browser, origin):
-    """A page in a browser context of its own (its own cookies), English unless asked otherwise."""
-    contexts = []
-
-    def make(locale: str = "en-GB", width: int = 1200, height: int = 900):
-        context = browser.new_context(locale=locale, viewport={"width": width, "height": height},
-                                      base_url=origin.base)
-        context.set_default_timeout(15_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("dialog", lambda dialog: dialog.accept())
-        return page
-
-    yield make
-    for context in contexts:
-        context.close()
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def log_in(page, user: str) -> None:
-    page.goto("/login")
-    page.click(f"button[name='user'][value='{user}']")
-    page.wait_for_url(re.compile(r".*/$"))
-
-
-def resource_id(api: Api, name: str) -> str:
-    token = api.token("ada", org="ntnu")
-    items = expect(api.get("/api/v1/resources?limit=500", token), 200)["items"]
-    return next(r["id"] for r in items if r["name"] == name)
 
 
 def test_researcher_finds_a_slot_books_it_sees_it_at_home_and_cancels_it(new_page):
