@@ -19,7 +19,7 @@ import re
 import pytest
 
 from tests.e2e.helpers import Api, expect, next_weekday, parse, wait_until
-from tests.e2e.web import log_in, resource_id
+from tests.e2e.web import fill_booking_form, log_in, resource_id
 from tests.npm import npm_file
 
 pytestmark = pytest.mark.e2e
@@ -147,11 +147,7 @@ def test_the_researchers_pages_pass_axe(new_page, axe, world):
     assert shown(page.locator("#series li")) == 3
     axe.check(page, "booking of a series")
 
-    page.goto(f"/resources/{world['leica']}/book")
-    page.fill("#date", world["monday"].date().isoformat())
-    page.fill("#time", "09:00")
-    page.select_option("#minutes", "60")
-    page.click("button:has-text('Book')")
+    fill_booking_form(page, world["leica"], world["monday"], "09:00", 60)
     assert "That time is taken" in page.locator("#when-error").inner_text()
     axe.check(page, "book form, refused")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import Api, expect, next_weekday, wait_until
-from tests.e2e.web import log_in, resource_id, shot
+from tests.e2e.web import fill_booking_form, log_in, resource_id, shot
 
 pytestmark = pytest.mark.e2e
 
@@ -77,11 +77,7 @@ def test_a_refused_booking_shows_the_rule_in_plain_words(new_page, origin):
     page = new_page()
     log_in(page, "ola")  # Ola is not trained on the Zeiss
     saturday = next_weekday(5, 10)
-    page.goto(f"/resources/{zeiss}/book")
-    page.fill("#date", saturday.date().isoformat())
-    page.fill("#time", "10:00")
-    page.select_option("#minutes", "60")
-    page.click("button:has-text('Book')")
+    fill_booking_form(page, zeiss, saturday, "10:00", 60)
     when = page.locator("#when-error").inner_text()
     assert "That time is outside the opening hours (Mon–Fri 07:00–22:00; Sat–Sun closed)." in when
     assert "Only trained users may book Zeiss LSM 980 confocal" in page.locator(".refusal").all_inner_texts()[0]
@@ -272,12 +268,7 @@ def test_a_researcher_whose_time_is_taken_waits_for_it_and_gets_it_when_it_frees
 
     page = new_page()
     log_in(page, "ada")
-    page.goto(f"/resources/{leica}/book")
-    page.fill("#date", thursday.date().isoformat())
-    page.fill("#time", "10:00")
-    page.select_option("#minutes", "120")
-    page.fill("#title", "Waiting for the Leica")
-    page.click("button:has-text('Book')")
+    fill_booking_form(page, leica, thursday, "10:00", 120, title="Waiting for the Leica")
     assert page.locator("#when-error").inner_text() == f"That time is taken: {when}."
     shot(page, "waitlist-offer")
     page.click("#waitlist-offer button:has-text('Join the waitlist')")
@@ -299,11 +290,7 @@ def test_a_researcher_whose_time_is_taken_waits_for_it_and_gets_it_when_it_frees
 
     # Waiting for another taken time, then leaving the queue.
     later = f"{day_text(thursday)}, 14:00–15:00"
-    page.goto(f"/resources/{leica}/book")
-    page.fill("#date", thursday.date().isoformat())
-    page.fill("#time", "14:00")
-    page.select_option("#minutes", "60")
-    page.click("button:has-text('Book')")
+    fill_booking_form(page, leica, thursday, "14:00", 60)
     page.click("#waitlist-offer button:has-text('Join the waitlist')")
     assert "Number 1 in the queue" in page.locator("#waiting li", has_text=later).inner_text()
     page.locator("#waiting li", has_text=later).locator("button:has-text('Leave the waitlist')").click()
@@ -322,14 +309,7 @@ def test_a_series_cancelled_from_its_third_week_on_keeps_the_first_two(new_page,
 
     page = new_page()
     log_in(page, "ada")
-    page.goto(f"/resources/{leica}/book")
-    page.fill("#date", first.date().isoformat())
-    page.fill("#time", "15:00")
-    page.select_option("#minutes", "60")
-    page.fill("#title", "Weekly imaging")
-    page.check("#repeat")
-    page.fill("#weeks", "4")
-    page.click("button:has-text('Book')")
+    fill_booking_form(page, leica, first, "15:00", 60, title="Weekly imaging", weeks=4)
     assert page.locator(".flash.ok").inner_text() == "Booked: 4 weeks."
     series = page.locator("#series li")
     assert series.all_inner_texts() == [f"{t} Confirmed" for t in texts]

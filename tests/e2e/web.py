@@ -44,3 +44,18 @@ def resource_id(api: Api, name: str) -> str:
     token = api.token("ada", org="ntnu")
     items = expect(api.get("/api/v1/resources?limit=500", token), 200)["items"]
     return next(r["id"] for r in items if r["name"] == name)
+
+
+def fill_booking_form(page, resource: str, day, time: str, minutes: int, title: str | None = None,
+                      weeks: int | None = None) -> None:
+    """Open a resource's booking form, fill it in (``weeks`` repeats it weekly) and press Book."""
+    page.goto(f"/resources/{resource}/book")
+    page.fill("#date", day.date().isoformat())
+    page.fill("#time", time)
+    page.select_option("#minutes", str(minutes))
+    if title is not None:
+        page.fill("#title", title)
+    if weeks is not None:
+        page.check("#repeat")
+        page.fill("#weeks", str(weeks))
+    page.click("button:has-text('Book')")
