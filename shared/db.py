@@ -175,9 +175,12 @@ def _ping_when_idle(engine: Engine) -> None:
         if idle_since is None or time.monotonic() - idle_since <= PING_AFTER_IDLE_SECONDS:
             return
         try:
-            with dbapi_conn.cursor() as cur:
-                cur.execute("SELECT 1")
-            dbapi_conn.rollback()
+            dbapi_conn.autocommit = True  # so the test opens no transaction to roll back: one round trip
+            try:
+                with dbapi_conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+            finally:
+                dbapi_conn.autocommit = False
         except Exception as exc:
             # The pool discards this connection and tries another (or a new one).
             raise DisconnectionError(f"pooled connection failed its test: {exc}") from exc
