@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
+from authlib.integrations.base_client import OAuthError
 from flask import (
     Blueprint,
     Response,
@@ -29,6 +32,7 @@ from flask import (
 )
 from flask_babel import gettext as _
 from flask_babel import ngettext
+from joserfc.errors import JoseError
 
 from services.web import i18n, week
 from services.web.client import Api, ApiError, NotFound, Refused
@@ -39,6 +43,8 @@ from services.web.forms import (
     lab_from_form,
     resource_from_form,
 )
+
+log = logging.getLogger("labshare.web")
 
 #: The demo users the development login offers (the same as the demo data's).
 DEV_USERS: dict[str, dict[str, Any]] = {
@@ -250,14 +256,22 @@ def oidc_callback() -> Response:
     st = _state()
     if "oauth" not in st:
         abort(404)
-    token = st["oauth"].oidc.authorize_access_token()
+    after = _safe_next(session.pop("login_next", None))
+    try:
+        token = st["oauth"].oidc.authorize_access_token()
+    except (OAuthError, JoseError, requests.RequestException) as exc:
+        # A state that is not this session's, the provider's refusal (of the login, the code or the
+        # code verifier), an id token that does not check out, or no answer: no login, and the user is told.
+        log.warning("OIDC login failed: %s", exc)
+        flash(_("The login did not succeed. Please try again."), "error")
+        return redirect(url_for("auth.login", next=after))
     claims = dict(token.get("userinfo") or {})
     access = token.get("access_token") or token.get("id_token")
     _log_in(access, {
         "sub": claims.get("sub"), "name": claims.get("name") or claims.get("preferred_username") or "",
         "email": claims.get("email") or "", "org": claims.get("org") or "", "roles": claims.get("roles") or [],
     })
-    return redirect(_safe_next(session.pop("login_next", None)))
+    return redirect(after)
 
 
 @auth.post("/logout")
