@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, Insert, Table, create_engine, event, insert, text
+from sqlalchemy import DateTime, Engine, Table, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError
@@ -119,30 +119,39 @@ def upsert_insert(session: Session, table: Any) -> Any:
     return pg_insert(table) if session.get_bind().dialect.name == "postgresql" else sqlite_insert(table)
 
 
-#: The statements of ``insert_rows``, by table, dialect and ``on_conflict``.
-_INSERTS: dict[tuple, Insert] = {}
+#: The statements of ``insert_rows``, by table, dialect, number of rows, columns and ``on_conflict``.
+_INSERTS: dict[tuple, TextClause] = {}
+#: Rows per statement of ``insert_rows`` (more go as several statements).
+INSERT_BATCH = 16
 
 
-def insert_rows(
-    session: Session, table: Table, rows: Sequence[Mapping[str, Any]],
-    on_conflict: Callable[[Any], Insert] | None = None,
-) -> None:
-    """INSERT ``rows`` (dicts with the same keys): one row as a plain execute, several as executemany
-    (which the PostgreSQL driver pipelines into one round trip).
+def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]], on_conflict: str = "") -> None:
+    """INSERT ``rows`` (dicts with the same keys) as one multi-row ``INSERT ... VALUES``, compiled once.
 
-    The statement is built once per table, dialect and ``on_conflict`` (which turns
-    the dialect's INSERT into an upsert, e.g. ``lambda stmt: stmt.on_conflict_do_nothing()``),
-    so SQLAlchemy compiles it once: that keeps the write path cheap, where a
-    multi-row ``values()`` would be compiled anew on every call.
+    ``on_conflict`` is an SQL clause both dialects read alike, e.g. ``ON CONFLICT (k) DO NOTHING`` or
+    ``ON CONFLICT (k) DO UPDATE SET n = t.n + 1`` (name the table to mean the existing row).
+
+    The write path's INSERTs go through here. Each shape's statement is built once
+    as text with typed bind parameters, which SQLAlchemy compiles once and
+    caches; a multi-row ``insert().values()`` is compiled anew on every call, and
+    an executemany goes through psycopg's pipeline, whose wait spins on the CPU
+    until the server answers.
     """
-    if not rows:
-        return
-    shape = (table, session.get_bind().dialect.name, on_conflict)
-    stmt = _INSERTS.get(shape)
-    if stmt is None:
-        stmt = on_conflict(upsert_insert(session, table)) if on_conflict else insert(table)
-        _INSERTS[shape] = stmt
-    session.connection().execute(stmt, rows[0] if len(rows) == 1 else list(rows))
+    dialect = session.get_bind().dialect
+    quote = dialect.identifier_preparer.quote
+    for first in range(0, len(rows), INSERT_BATCH):
+        chunk = rows[first:first + INSERT_BATCH]
+        keys = tuple(chunk[0])
+        shape = (table, dialect.name, len(chunk), keys, on_conflict)
+        stmt = _INSERTS.get(shape)
+        if stmt is None:
+            values = ", ".join("(" + ", ".join(f":r{i}_{n}" for n in range(len(keys))) + ")" for i in range(len(chunk)))
+            sql = f"INSERT INTO {quote(table.name)} ({', '.join(quote(k) for k in keys)}) VALUES {values} {on_conflict}"
+            stmt = text(sql.strip()).bindparams(*(
+                bindparam(f"r{i}_{n}", type_=table.c[k].type) for i in range(len(chunk)) for n, k in enumerate(keys)))
+            _INSERTS[shape] = stmt
+        session.connection().execute(stmt, {f"r{i}_{n}": row[k] for i, row in enumerate(chunk)
+                                            for n, k in enumerate(keys)})
 
 
 def psycopg_url(url: str) -> str:

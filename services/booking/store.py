@@ -468,12 +468,9 @@ FEED_COLUMNS = (
 )
 
 
-def _bump(stmt):
-    """A feed-version upsert: a new key starts at 1, a known one counts up."""
-    return stmt.on_conflict_do_update(
-        index_elements=[stmt.table.c.scope, stmt.table.c.key],
-        set_={"version": stmt.table.c.version + 1, "changed_at": stmt.excluded.changed_at},
-    )
+#: A feed-version upsert: a new key starts at 1, a known one counts up.
+_BUMP = (f"ON CONFLICT (scope, key) DO UPDATE SET version = {FeedVersion.__tablename__}.version + 1, "
+         "changed_at = excluded.changed_at")
 
 
 def bump_feeds(
@@ -496,7 +493,7 @@ def bump_feeds(
         for key in sorted({k for k in keys[scope] if k})
     ]
     if rows:
-        insert_rows(session, FeedVersion.__table__, rows, on_conflict=_bump)
+        insert_rows(session, FeedVersion.__table__, rows, on_conflict=_BUMP)
 
 
 def bump_feeds_for(session: Session, bookings: Iterable[Booking]) -> None:
