@@ -21,6 +21,21 @@ AMQP_HOST = os.environ.get("LABSHARE_TEST_AMQP_HOST", "127.0.0.1")
 REQUIRED = os.environ.get("LABSHARE_REQUIRE_SERVICES") == "1"
 
 
+def unavailable(message: str) -> None:
+    """Skip, or fail when the services (and tools) are required (LABSHARE_REQUIRE_SERVICES=1)."""
+    if REQUIRED:
+        pytest.fail(f"{message}, and LABSHARE_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+def nginx_binary() -> str:
+    """The machine's nginx (also where Debian puts it, outside a user's PATH), or skip/fail."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not binary:
+        unavailable("nginx is not installed (apt-get install nginx)")
+    return binary
+
+
 def port_open(host: str, port: int) -> bool:
     """Whether something listens on ``host:port``."""
     try:

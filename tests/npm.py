@@ -13,18 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.infra import REQUIRED
+from tests.infra import unavailable
 
 NODE_DIR = Path(__file__).resolve().parent / ".node"
-
-
-def unavailable(message: str) -> None:
-    """Skip, or fail when the services (and tools) are required."""
-    if REQUIRED:
-        pytest.fail(f"{message}, and LABSHARE_REQUIRE_SERVICES=1")
-    pytest.skip(message)
 
 
 def npm_file(package: str, version: str, path: str, *, needs_node: bool = True) -> Path:

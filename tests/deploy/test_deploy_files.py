@@ -43,18 +43,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.infra import nginx_binary, unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DEFINITIONS_FILE = DEPLOY / "rabbitmq" / "definitions.json"
-REQUIRE_SERVICES = os.environ.get("LABSHARE_REQUIRE_SERVICES") == "1"
-
-
-def _unavailable(reason: str) -> None:
-    """Skip, or fail when LABSHARE_REQUIRE_SERVICES=1."""
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{reason} (LABSHARE_REQUIRE_SERVICES=1 requires it)")
-    pytest.skip(reason)
 
 
 def _load_module(name: str, path: Path) -> ModuleType:
@@ -730,11 +724,11 @@ def _rabbitmqctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess
 @pytest.mark.integration
 def test_definitions_import_into_rabbitmq_and_serve_the_services(definitions):
     if not shutil.which("rabbitmqctl"):
-        _unavailable("rabbitmqctl is not installed")
+        unavailable("rabbitmqctl is not installed")
     try:
         socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
     except OSError:
-        _unavailable("no RabbitMQ on 127.0.0.1:5672")
+        unavailable("no RabbitMQ on 127.0.0.1:5672")
     from kombu import Connection, Producer
 
     from shared import messaging
@@ -851,9 +845,9 @@ def _psql(*args: str, env: dict[str, str] | None = None, stdin: str | None = Non
 @pytest.mark.integration
 def test_init_sql_on_postgresql():
     if not shutil.which("psql"):
-        _unavailable("psql is not installed")
+        unavailable("psql is not installed")
     if _psql("-d", "postgres", "-Atc", "SELECT 1").returncode != 0:
-        _unavailable("no PostgreSQL reachable with psql's defaults")
+        unavailable("no PostgreSQL reachable with psql's defaults")
     count_roles = (
         "SELECT count(*) FROM pg_roles WHERE rolname IN ('labshare_inventory', 'labshare_booking', 'labshare_notify')"
     )
@@ -971,15 +965,8 @@ def test_render_nginx_command_line(tmp_path):
     assert bad.returncode != 0
 
 
-def _nginx_binary() -> str:
-    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-    if not binary:
-        _unavailable("nginx is not installed (apt-get install nginx)")
-    return binary
-
-
 def test_nginx_accepts_the_rendered_config(tmp_path):
-    binary = _nginx_binary()
+    binary = nginx_binary()
     conf = render_nginx.write_local_config(tmp_path / "gw", listen=f"127.0.0.1:{_free_port()}")
     result = subprocess.run(
         render_nginx.nginx_command(conf, nginx=binary, test=True), capture_output=True, text=True, timeout=30
@@ -1145,7 +1132,7 @@ class Gateway:
     """nginx on a free 127.0.0.1 port, configured by render_nginx.write_local_config."""
 
     def __init__(self, state_dir: Path, inventory: str, booking: str, notify: str, web: str, **rates: str) -> None:
-        binary = _nginx_binary()
+        binary = nginx_binary()
         self.access_log = state_dir / "access.log"
         self.error_log = state_dir / "error.log"
         for _attempt in range(3):

@@ -7,17 +7,16 @@ The stack itself runs in tests/e2e/test_stack.py.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.infra import nginx_binary
+
 ROOT = Path(__file__).resolve().parents[2]
-REQUIRE_SERVICES = os.environ.get("LABSHARE_REQUIRE_SERVICES") == "1"
 
 
 def _load(name: str, path: Path):
@@ -30,15 +29,6 @@ def _load(name: str, path: Path):
 
 render_nginx = _load("labshare_stack_test_render_nginx", ROOT / "deploy" / "render_nginx.py")
 stack = _load("labshare_stack_test_stack", ROOT / "deploy" / "stack.py")
-
-
-def _nginx() -> str:
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if not binary:
-        if REQUIRE_SERVICES:
-            pytest.fail("nginx is not installed (LABSHARE_REQUIRE_SERVICES=1 requires it)")
-        pytest.skip("nginx is not installed")
-    return binary
 
 
 def _upstream(text: str, name: str) -> list[str]:
@@ -64,7 +54,7 @@ def test_write_local_config_takes_lists_and_nginx_accepts_them(tmp_path):
         booking=["127.0.0.1:18012", "127.0.0.1:18022"], notify="127.0.0.1:18013,127.0.0.1:18023")
     text = conf.read_text()
     assert _upstream(text, "notify") == ["127.0.0.1:18013", "127.0.0.1:18023"]
-    result = subprocess.run(render_nginx.nginx_command(conf, nginx=_nginx(), test=True), capture_output=True,
+    result = subprocess.run(render_nginx.nginx_command(conf, nginx=nginx_binary(), test=True), capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stderr
 
@@ -92,7 +82,7 @@ def test_the_stacks_development_route(tmp_path):
 
     assert without_dev_route(text) == without_dev_route(production) != production
     conf.write_text(text)
-    result = subprocess.run(render_nginx.nginx_command(conf, nginx=_nginx(), test=True), capture_output=True,
+    result = subprocess.run(render_nginx.nginx_command(conf, nginx=nginx_binary(), test=True), capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 0, result.stderr
 

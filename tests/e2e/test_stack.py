@@ -26,10 +26,8 @@ import collections
 import datetime as dt
 import importlib.util
 import json
-import os
 import random
 import re
-import shutil
 import sys
 import threading
 import time
@@ -200,17 +198,9 @@ class Harness:
         return out
 
 
-def _need_nginx() -> None:
-    if shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"):
-        return
-    if infra.REQUIRED:
-        pytest.fail("nginx is not installed, and LABSHARE_REQUIRE_SERVICES=1")
-    pytest.skip("nginx is not installed (apt-get install nginx)")
-
-
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    _need_nginx()
+    infra.nginx_binary()
     database_url = infra.fresh_database()
     try:
         vhost, broker_url = infra.create_vhost()
