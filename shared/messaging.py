@@ -24,8 +24,13 @@ costs: every unacked message comes back (and counts towards the delivery limit)
 when a consumer dies, and with several replicas on one queue a large prefetch
 lets one of them sit on a burst the others could share.
 
-Publisher confirms stay on for every publish (the relay marks an event sent only
-once RabbitMQ confirmed it), each publish and confirm wait is bounded by
+Publisher confirms stay on for every publish: the relay marks an event sent only
+once RabbitMQ confirmed it. It publishes a whole batch and then waits once for
+the confirms of all of it (``BatchConfirms``), so the broker writes and syncs a
+batch together instead of one message per round trip (measured on one host:
+RabbitMQ's CPU per persistent message into a quorum and a classic queue fell
+from ~700 to ~150 us). Consumers' republishes (retries, parking) are rare and
+wait for each confirm. Each publish and confirm wait is bounded by
 ``Settings.publish_timeout``, and heartbeats (``Settings.broker_heartbeat``)
 make a half-dead connection fail fast; relays and consumers then reconnect with
 a growing, jittered pause (0.5 s to 15 s).
@@ -43,6 +48,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from amqp.exceptions import MessageNacked
 from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
 from kombu.message import Message
 from sqlalchemy import func, select, update
@@ -79,8 +85,11 @@ RETRY_HEADER = "x-labshare-retries"
 EventHandler = Callable[[Session, dict[str, Any]], None]
 
 
-def connect(settings: Settings) -> Connection:
+def connect(settings: Settings, confirm_each: bool = True) -> Connection:
     """A kombu connection: publisher confirms and heartbeats on RabbitMQ, fast polling in-process.
+
+    With ``confirm_each`` every publish waits for its confirm; without it the
+    caller confirms batches itself (``BatchConfirms``).
 
     The heartbeat makes a half-dead TCP connection (the broker's host gone, a
     firewall dropping the flow) fail within about twice its interval instead of
@@ -94,7 +103,7 @@ def connect(settings: Settings) -> Connection:
         heartbeat=settings.broker_heartbeat,
         connect_timeout=5,
         transport_options={
-            "confirm_publish": True,
+            "confirm_publish": confirm_each,
             "write_timeout": settings.publish_timeout,
             # bounds waits that have no timeout of their own (a close-ok from a vanished broker)
             "read_timeout": settings.publish_timeout,
@@ -107,6 +116,59 @@ def publish_options(settings: Settings) -> dict[str, float]:
     if settings.broker_is_memory:
         return {}
     return {"timeout": settings.publish_timeout, "confirm_timeout": settings.publish_timeout}
+
+
+class BatchConfirms:
+    """Publisher confirms for a batch at a time: publish many, then ``wait`` once for all of them.
+
+    The channel is put in confirm mode; RabbitMQ numbers the messages published
+    on it from 1 and acks (or nacks) them, one or several up to a number at a
+    time, in any order. ``wait`` returns when every message published since the
+    last ``wait`` was acked, raises ``MessageNacked`` if the broker refused any,
+    and a timeout error if the confirms do not come within ``timeout``. On the
+    in-process broker there is nothing to confirm.
+    """
+
+    def __init__(self, conn: Connection, channel, settings: Settings) -> None:
+        self.conn = conn
+        self.active = not settings.broker_is_memory
+        self.timeout = settings.publish_timeout
+        self.sent = 0
+        self.outstanding: set[int] = set()
+        self.nacked = 0
+        if self.active:
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._ack)
+            channel.events["basic_nack"].add(self._nack)
+
+    def published(self) -> None:
+        """Count one message just published on the channel."""
+        self.sent += 1
+        if self.active:
+            self.outstanding.add(self.sent)
+
+    def _ack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self.outstanding = {t for t in self.outstanding if t > tag}
+        else:
+            self.outstanding.discard(tag)
+
+    def _nack(self, tag: int, multiple: bool) -> None:
+        before = len(self.outstanding)
+        self._ack(tag, multiple)
+        self.nacked += before - len(self.outstanding)
+
+    def wait(self) -> None:
+        """Until the broker confirmed everything published so far."""
+        deadline = time.monotonic() + self.timeout
+        while self.outstanding:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{len(self.outstanding)} publisher confirms did not come in {self.timeout} s")
+            self.conn.drain_events(timeout=remaining)
+        if self.nacked:
+            nacked, self.nacked = self.nacked, 0
+            raise MessageNacked(f"the broker refused {nacked} of the batch")
 
 
 class _Keepalive:
@@ -199,15 +261,16 @@ class Relay:
         self.connected = False
         self.published = 0
 
-    def publish_batch(self, producer: Producer) -> int:
-        """Publish one batch of unsent events; returns how many were sent."""
+    def publish_batch(self, producer: Producer, confirms: BatchConfirms) -> int:
+        """Publish one batch of unsent events, wait for the broker's confirms of all of them, then mark
+        them sent; returns how many were sent."""
         t = self.outbox
         stmt = select(t.c.id, t.c.type, t.c.payload).where(t.c.published_at.is_(None)).order_by(t.c.id)
         stmt = stmt.limit(self.settings.relay_batch)
         if not self.db.is_sqlite:
             stmt = stmt.with_for_update(skip_locked=True)
         exchange = events_exchange(self.settings)
-        options = publish_options(self.settings)
+        timeout = {} if self.settings.broker_is_memory else {"timeout": self.settings.publish_timeout}
         with self.db.begin() as session:
             rows = session.execute(stmt).all()
             for row in rows:
@@ -219,8 +282,10 @@ class Relay:
                     content_encoding="utf-8",
                     delivery_mode=2,
                     retry=False,
-                    **options,
+                    **timeout,
                 )
+                confirms.published()
+            confirms.wait()
             if rows:
                 session.execute(
                     update(t).where(t.c.id.in_([r.id for r in rows])).values(published_at=now())
@@ -242,18 +307,19 @@ class Relay:
         delay = 0.5
         while not stop.is_set():
             try:
-                with connect(self.settings) as conn:
+                with connect(self.settings, confirm_each=False) as conn:
                     conn.ensure_connection(max_retries=1)
                     channel = conn.channel()
                     declare_topology(self.settings, channel)
                     producer = Producer(channel)
+                    confirms = BatchConfirms(conn, channel, self.settings)
                     keepalive = _Keepalive(conn, self.settings, read=True)
                     if delay > 0.5:
                         log.info("%s relay: connected to the broker again", self.service)
                     self.connected = True
                     delay = 0.5
                     while not stop.is_set():
-                        if self.publish_batch(producer) >= self.settings.relay_batch:
+                        if self.publish_batch(producer, confirms) >= self.settings.relay_batch:
                             continue
                         self.wake.wait(self.settings.relay_interval)
                         self.wake.clear()
@@ -455,6 +521,7 @@ def _lag(event: dict[str, Any]) -> float | None:
 
 
 __all__ = [
+    "BatchConfirms",
     "EventConsumer",
     "Relay",
     "SUBSCRIPTIONS",

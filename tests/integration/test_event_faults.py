@@ -304,6 +304,44 @@ def test_broker_cut_in_a_burst_of_bookings_loses_and_repeats_nothing(rabbit_vhos
             tap.close()
 
 
+def test_events_the_broker_refuses_stay_in_the_outbox_until_it_takes_them(rabbit_vhost, pg_url, sql):
+    """The relay publishes a batch and then waits for all its confirms: a nack anywhere in it keeps the
+    whole batch unsent (to be published again), never marked sent."""
+    settings = postgres_settings(pg_url, rabbit_vhost)
+    stack = Stack(settings)
+    tap = eventtap.EventTap(rabbit_vhost, settings.exchange)
+    full = f"{settings.queue_prefix}.full"
+    conn = eventtap.connection(rabbit_vhost)
+    try:
+        channel = conn.channel()
+        # A queue that takes one message and then refuses (nacks) every publish routed to it.
+        channel.queue_declare(queue=full, durable=True,
+                              arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+        channel.queue_bind(queue=full, exchange=settings.exchange, routing_key="booking.#")
+        resource = stack.make_resource()["id"]
+        base = local(3, 9)
+        for i in range(3):
+            start = base + dt.timedelta(hours=i)
+            assert stack.book("refused", resource, start, start + dt.timedelta(hours=1)).status_code == 201
+        booking_events = set(outbox_ids(sql, "booking", "booking.%"))
+        assert len(booking_events) == 6  # created + confirmed per booking
+        time.sleep(2.0)
+        # The broker confirmed the first and refused the rest: nothing after the first is marked sent.
+        assert unpublished(sql, "booking") >= 5
+        assert eventtap.queue_counts(rabbit_vhost, full)[0] == 1
+
+        channel.queue_delete(queue=full)
+        wait(lambda: unpublished(sql, "booking") == 0, 30, "the relay to publish the refused events")
+        tap.wait_for(lambda seen: booking_events <= {d.event["id"] for d in seen}, 15, "every booking event")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.channel().queue_delete(queue=full)
+        conn.close()
+        tap.close()
+        stack.close()
+        _drop_queues(settings)
+
+
 # -- 2. a half-dead connection ------------------------------------------------------------------------
 
 
