@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
-from sqlalchemy import DateTime, Engine, Table, TextClause, bindparam, create_engine, event, text
+from psycopg import RawCursor
+from sqlalchemy import DateTime, Dialect, Engine, Executable, Table, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
@@ -131,11 +134,11 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     ``on_conflict`` is an SQL clause both dialects read alike, e.g. ``ON CONFLICT (k) DO NOTHING`` or
     ``ON CONFLICT (k) DO UPDATE SET n = t.n + 1`` (name the table to mean the existing row).
 
-    The write path's INSERTs go through here. Each shape's statement is built once
-    as text with typed bind parameters, which SQLAlchemy compiles once and
-    caches; a multi-row ``insert().values()`` is compiled anew on every call, and
-    an executemany goes through psycopg's pipeline, whose wait spins on the CPU
-    until the server answers.
+    The write path's INSERTs go through here (and ``execute_direct``). Each shape's
+    statement is built once as text with typed bind parameters and compiled once;
+    a multi-row ``insert().values()`` is compiled anew on every call, and an
+    executemany goes through psycopg's pipeline, whose wait spins on the CPU until
+    the server answers.
     """
     dialect = session.get_bind().dialect
     quote = dialect.identifier_preparer.quote
@@ -150,8 +153,80 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
             stmt = text(sql.strip()).bindparams(*(
                 bindparam(f"r{i}_{n}", type_=table.c[k].type) for i in range(len(chunk)) for n, k in enumerate(keys)))
             _INSERTS[shape] = stmt
-        session.connection().execute(stmt, {f"r{i}_{n}": row[k] for i, row in enumerate(chunk)
-                                            for n, k in enumerate(keys)})
+        execute_direct(session, stmt, {f"r{i}_{n}": row[k] for i, row in enumerate(chunk) for n, k in enumerate(keys)})
+
+
+class _DriverStatement(NamedTuple):
+    sql: str
+    binds: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]  # name, default value, bind processor
+    results: tuple[Callable[[Any], Any] | None, ...]
+    row: Callable[[Sequence[Any]], tuple] | None
+
+
+#: ``execute_direct``'s statements, compiled once per statement and dialect.
+_DRIVER: dict[tuple[int, str], tuple[Executable, _DriverStatement]] = {}
+_PLACEHOLDER = re.compile(r"%%|%s")
+
+
+def _for_driver(stmt: Executable, dialect: Dialect) -> _DriverStatement:
+    key = (id(stmt), dialect.name)
+    found = _DRIVER.get(key)
+    if found is None or found[0] is not stmt:
+        # Compiled with positional parameters, then numbered ($1, $2, ...) as the server reads them, so
+        # psycopg passes the query through untouched.
+        compiled = stmt.compile(dialect=type(dialect)(paramstyle="format"))
+        numbers = iter(range(1, len(compiled.positiontup or ()) + 1))
+        sql = _PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else f"${next(numbers)}", compiled.string)
+        binds = tuple((name, compiled.binds[name].value,
+                       compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+                      for name in compiled.positiontup or ())
+        columns = list(getattr(stmt, "selected_columns", ()))
+        results = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
+        row = namedtuple("Row", [c.key for c in columns], rename=True)._make if columns else None
+        found = _DRIVER[key] = (stmt, _DriverStatement(sql, binds, results, row))
+    return found[1]
+
+
+def execute_direct(session: Session, stmt: Executable, params: Mapping[str, Any]) -> list[tuple]:
+    """Run a Core statement or ``text()`` built once (a module-level constant) in the session's
+    transaction; its rows as named tuples with SQLAlchemy's result types applied.
+
+    On PostgreSQL it goes straight to the psycopg connection under the session,
+    with the statement compiled once (server-side parameters, prepared by psycopg
+    after a few uses) and the parameters converted by their types' bind
+    processors: the write path's statements skip SQLAlchemy's per-execution
+    machinery and psycopg's query conversion. Errors come out as SQLAlchemy's
+    (``IntegrityError`` for a refused row), and a lost connection is invalidated
+    as SQLAlchemy would. Elsewhere it is an ordinary ``Connection.execute``.
+    """
+    conn = session.connection()
+    dialect = conn.dialect
+    if dialect.name != "postgresql":
+        result = conn.execute(stmt, params)
+        return list(result) if result.returns_rows else []
+    prepared = _for_driver(stmt, dialect)
+    values = []
+    for name, default, process in prepared.binds:
+        value = params.get(name, default)
+        values.append(process(value) if process is not None and value is not None else value)
+    fairy = conn.connection
+    raw = fairy.driver_connection
+    cur = fairy.info.get("labshare_cursor")
+    if cur is None or cur.closed or cur.connection is not raw:
+        cur = fairy.info["labshare_cursor"] = RawCursor(raw)
+    try:
+        cur.execute(prepared.sql, values)
+        rows = cur.fetchall() if cur.description is not None else []
+    except dialect.loaded_dbapi.Error as exc:
+        gone = dialect.is_disconnect(exc, raw, cur)
+        if gone:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(prepared.sql, values, exc, dialect.loaded_dbapi.Error,
+                                  connection_invalidated=gone, dialect=dialect) from exc
+    if prepared.row is None:
+        return rows
+    results, make = prepared.results, prepared.row
+    return [make([p(v) if p is not None else v for p, v in zip(results, r, strict=True)]) for r in rows]
 
 
 def psycopg_url(url: str) -> str:

@@ -371,9 +371,10 @@ def _create_once(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[str
                 for o_start, o_end in occurrences
             ]
             store.insert_bookings(session, rows)
-            rt.events.emit_all(session, _created(rows, place))
+            events = _created(rows, place)
+            rt.events.emit_all(session, events)
             store.bump_feeds_for(session, rows)
-            result = rows[0].snapshot(place)
+            result = dict(events[0][1])  # the first booking's snapshot, as its booking.created carries it
             if series_id:
                 result["occurrences"] = [r.id for r in rows]
                 if skipped is not None:

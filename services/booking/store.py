@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.booking.domain import BILLED, LIVE, Interval, Place, Policy
-from shared.db import UTCDateTime, insert_rows, upsert_insert
+from shared.db import UTCDateTime, execute_direct, insert_rows, upsert_insert
 from shared.outbox import define_outbox
 from shared.timeutil import iso, parse_rfc3339
 from shared.timeutil import now as utcnow
@@ -194,8 +194,10 @@ def lock_resource(session: Session, resource_id: str) -> None:
     database lock.
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                        {"key": f"booking:{resource_id}"})
+        execute_direct(session, _LOCK, {"key": f"booking:{resource_id}"})
+
+
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 def insert_bookings(session: Session, rows: Sequence[Booking]) -> None:
@@ -284,9 +286,9 @@ def place_and_facts(
 
     None when booking has not heard of the resource.
     """
-    rows = session.connection().execute(
-        _PLACE_AND_FACTS, {"resource_id": resource_id, "w_start": window[0], "w_end": window[1], "sub": sub}
-    ).all()
+    rows = execute_direct(
+        session, _PLACE_AND_FACTS, {"resource_id": resource_id, "w_start": window[0], "w_end": window[1], "sub": sub}
+    )
     if not rows:
         return None
     r = rows[0]

@@ -1,0 +1,81 @@
+"""``shared.db.execute_direct`` on the machine's PostgreSQL: the write path's statements run on the psycopg
+connection under the session, and must behave as SQLAlchemy would (types, errors, lost connections)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import JSON, Column, MetaData, String, Table, bindparam, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from shared.db import Database, UTCDateTime, execute_direct, insert_rows
+
+pytestmark = pytest.mark.integration
+
+metadata = MetaData()
+things = Table(
+    "things", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("data", JSON, nullable=True),
+)
+_BY_ID = select(things.c.id, things.c.at, things.c.data).where(things.c.id == bindparam("id"))
+_PID = text("SELECT pg_backend_pid()")
+
+
+@pytest.fixture
+def db(pg_url) -> Iterator[Database]:
+    database = Database(pg_url)
+    metadata.create_all(database.engine)
+    yield database
+    database.dispose()
+
+
+def test_rows_go_in_and_come_out_with_their_types(db):
+    at = dt.datetime(2031, 3, 30, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    with db.begin() as session:
+        # The connection's own time zone must not leak into what comes back.
+        session.execute(text("SET LOCAL TIME ZONE 'America/New_York'"))
+        insert_rows(session, things, [{"id": "a", "at": at, "data": {"rule": "slot", "n": [1, 2]}},
+                                      {"id": "b", "at": at, "data": None}])
+        (row,) = execute_direct(session, _BY_ID, {"id": "a"})
+    assert row.id == "a"
+    assert row.at == at and row.at.tzinfo == dt.UTC and row.at.hour == 21
+    assert row.data == {"rule": "slot", "n": [1, 2]}
+    # ... and SQLAlchemy's own execution reads the same row.
+    with db.read() as session:
+        same = session.execute(select(things).where(things.c.id == "a")).one()
+    assert (same.at, same.data) == (at, {"rule": "slot", "n": [1, 2]})
+    with db.read() as session:
+        assert execute_direct(session, _BY_ID, {"id": "nobody"}) == []
+
+
+def test_a_refused_row_is_an_integrity_error_and_nothing_of_the_transaction_stays(db):
+    at = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
+    with db.begin() as session:
+        insert_rows(session, things, [{"id": "taken", "at": at, "data": None}])
+    with pytest.raises(IntegrityError) as refused, db.begin() as session:
+        insert_rows(session, things, [{"id": "new", "at": at, "data": None}])
+        insert_rows(session, things, [{"id": "taken", "at": at, "data": None}])
+    assert "duplicate key" in str(refused.value.orig)
+    with db.read() as session:
+        assert [r.id for r in session.execute(select(things.c.id).order_by(things.c.id))] == ["taken"]
+
+
+def test_a_connection_lost_mid_transaction_is_invalidated_and_replaced(db):
+    with db.begin() as session:
+        (first,) = execute_direct(session, _PID, {})
+    with pytest.raises(DBAPIError) as lost, db.begin() as session:
+        (pid,) = execute_direct(session, _PID, {})
+        with db.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid[0]})
+        execute_direct(session, _BY_ID, {"id": "x"})
+    assert lost.value.connection_invalidated
+    # The pool hands out a working connection, not the dead one.
+    with db.begin() as session:
+        (again,) = execute_direct(session, _PID, {})
+        assert again[0] != pid[0]
+        assert execute_direct(session, _BY_ID, {"id": "x"}) == []
+    assert first[0] == pid[0]  # the test did kill the connection the pool had been reusing
