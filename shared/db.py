@@ -122,17 +122,21 @@ def upsert_insert(session: Session, table: Any) -> Any:
     return pg_insert(table) if session.get_bind().dialect.name == "postgresql" else sqlite_insert(table)
 
 
-#: The statements of ``insert_rows``, by table, dialect, number of rows, columns and ``on_conflict``.
+#: The statements of ``insert_rows``, by the shapes of the INSERTs they make (table, dialect, number of
+#: rows, columns, ``on_conflict``).
 _INSERTS: dict[tuple, TextClause] = {}
-#: Rows per statement of ``insert_rows`` (more go as several statements).
+#: Rows per INSERT of ``insert_rows`` (more go as several).
 INSERT_BATCH = 16
+#: Most INSERTs ``inserts_together`` joins into one statement (more go as several statements).
+TOGETHER_MAX = 4
 
 
 def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]], on_conflict: str = "") -> None:
     """INSERT ``rows`` (dicts with the same keys) as one multi-row ``INSERT ... VALUES``, compiled once.
 
     ``on_conflict`` is an SQL clause both dialects read alike, e.g. ``ON CONFLICT (k) DO NOTHING`` or
-    ``ON CONFLICT (k) DO UPDATE SET n = t.n + 1`` (name the table to mean the existing row).
+    ``ON CONFLICT (k) DO UPDATE SET n = t.n + 1`` (name the table to mean the existing row). Inside
+    ``inserts_together`` on PostgreSQL the INSERT waits for the end of that block.
 
     The write path's INSERTs go through here (and ``execute_direct``). Each shape's
     statement is built once as text with typed bind parameters and compiled once;
@@ -141,19 +145,63 @@ def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     the server answers.
     """
     dialect = session.get_bind().dialect
-    quote = dialect.identifier_preparer.quote
+    pending = session.info.get(_PENDING)
     for first in range(0, len(rows), INSERT_BATCH):
         chunk = rows[first:first + INSERT_BATCH]
         keys = tuple(chunk[0])
-        shape = (table, dialect.name, len(chunk), keys, on_conflict)
-        stmt = _INSERTS.get(shape)
-        if stmt is None:
-            values = ", ".join("(" + ", ".join(f":r{i}_{n}" for n in range(len(keys))) + ")" for i in range(len(chunk)))
-            sql = f"INSERT INTO {quote(table.name)} ({', '.join(quote(k) for k in keys)}) VALUES {values} {on_conflict}"
-            stmt = text(sql.strip()).bindparams(*(
-                bindparam(f"r{i}_{n}", type_=table.c[k].type) for i in range(len(chunk)) for n, k in enumerate(keys)))
-            _INSERTS[shape] = stmt
-        execute_direct(session, stmt, {f"r{i}_{n}": row[k] for i, row in enumerate(chunk) for n, k in enumerate(keys)})
+        part = ((table, dialect.name, len(chunk), keys, on_conflict), [row[k] for row in chunk for k in keys])
+        if pending is not None:
+            pending.append(part)
+        else:
+            _insert(session, [part])
+
+
+_PENDING = "labshare_pending_inserts"
+
+
+@contextlib.contextmanager
+def inserts_together(session: Session) -> Iterator[None]:
+    """On PostgreSQL, ``insert_rows`` within the block only collects its INSERTs; when the block ends
+    they go to the server as one statement (all but the last in a ``WITH``): one round trip and one
+    execution instead of one per table. Nothing in the block may read back what it inserted, and an
+    INSERT's error (a refused row) comes when the block ends. Elsewhere each INSERT runs at once.
+    """
+    if session.get_bind().dialect.name != "postgresql" or session.info.get(_PENDING) is not None:
+        yield
+        return
+    pending: list = []
+    session.info[_PENDING] = pending
+    try:
+        yield
+    finally:
+        del session.info[_PENDING]
+    for first in range(0, len(pending), TOGETHER_MAX):
+        _insert(session, pending[first:first + TOGETHER_MAX])
+
+
+def _insert(session: Session, parts: list[tuple[tuple, list[Any]]]) -> None:
+    shapes = tuple(shape for shape, _ in parts)
+    stmt = _INSERTS.get(shapes)
+    if stmt is None:
+        stmt = _INSERTS[shapes] = _insert_statement(shapes, session.get_bind().dialect)
+    execute_direct(session, stmt, {f"p{j}_{n}": value for j, (_, values) in enumerate(parts)
+                                   for n, value in enumerate(values)})
+
+
+def _insert_statement(shapes: tuple[tuple, ...], dialect: Dialect) -> TextClause:
+    quote = dialect.identifier_preparer.quote
+    inserts, binds = [], []
+    for j, (table, _, count, keys, on_conflict) in enumerate(shapes):
+        names = iter(f"p{j}_{n}" for n in range(count * len(keys)))
+        values = ", ".join("(" + ", ".join(f":{next(names)}" for _ in keys) + ")" for _ in range(count))
+        inserts.append(f"INSERT INTO {quote(table.name)} ({', '.join(quote(k) for k in keys)}) "
+                       f"VALUES {values} {on_conflict}".strip())
+        binds += [bindparam(f"p{j}_{i * len(keys) + n}", type_=table.c[k].type)
+                  for i in range(count) for n, k in enumerate(keys)]
+    sql = inserts[-1]
+    if len(inserts) > 1:
+        sql = "WITH " + ", ".join(f"w{j} AS ({s})" for j, s in enumerate(inserts[:-1])) + " " + sql
+    return text(sql).bindparams(*binds)
 
 
 class _DriverStatement(NamedTuple):

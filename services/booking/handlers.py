@@ -26,6 +26,7 @@ from services.booking import domain, store
 from services.booking.domain import LIVE, Interval, Place
 from services.booking.store import Booking, WaitlistEntry
 from shared.auth import Principal
+from shared.db import inserts_together
 from shared.errors import Conflict, Forbidden, InvalidState, NotFound, PolicyViolation, ValidationFailed
 from shared.service import Runtime
 from shared.timeutil import iso, now
@@ -370,10 +371,11 @@ def _create_once(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[str
                          project=data.get("project"), series_id=series_id, rrule=data.get("rrule"))
                 for o_start, o_end in occurrences
             ]
-            store.insert_bookings(session, rows)
             events = _created(rows, place)
-            rt.events.emit_all(session, events)
-            store.bump_feeds_for(session, rows)
+            with inserts_together(session):
+                store.insert_bookings(session, rows)
+                rt.events.emit_all(session, events)
+                store.bump_feeds_for(session, rows)
             result = dict(events[0][1])  # the first booking's snapshot, as its booking.created carries it
             if series_id:
                 result["occurrences"] = [r.id for r in rows]

@@ -7,10 +7,10 @@ import datetime as dt
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import JSON, Column, MetaData, String, Table, bindparam, select, text
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from shared.db import Database, UTCDateTime, execute_direct, insert_rows
+from shared.db import Database, UTCDateTime, execute_direct, insert_rows, inserts_together
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +79,33 @@ def test_a_connection_lost_mid_transaction_is_invalidated_and_replaced(db):
         assert again[0] != pid[0]
         assert execute_direct(session, _BY_ID, {"id": "x"}) == []
     assert first[0] == pid[0]  # the test did kill the connection the pool had been reusing
+
+
+counters = Table(
+    "counters", metadata,
+    Column("key", String(36), primary_key=True),
+    Column("n", Integer, nullable=False),
+)
+_COUNT_UP = "ON CONFLICT (key) DO UPDATE SET n = counters.n + 1"
+
+
+def test_inserts_together_arrive_together_or_not_at_all(db):
+    at = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
+    with db.begin() as session, inserts_together(session):
+        insert_rows(session, things, [{"id": f"t{i}", "at": at, "data": {"i": i}} for i in range(20)])
+        insert_rows(session, counters, [{"key": "k", "n": 1}], on_conflict=_COUNT_UP)
+        with inserts_together(session):  # nested: still one flush, at the outer end
+            insert_rows(session, counters, [{"key": "j", "n": 1}], on_conflict=_COUNT_UP)
+    with db.begin() as session, inserts_together(session):
+        insert_rows(session, counters, [{"key": "k", "n": 1}], on_conflict=_COUNT_UP)
+    with db.read() as session:
+        assert session.execute(select(func.count()).select_from(things)).scalar_one() == 20
+        assert dict(session.execute(select(counters.c.key, counters.c.n)).all()) == {"k": 2, "j": 1}
+
+    # A refused row anywhere: the error comes at the end of the block and nothing of it is written.
+    with pytest.raises(IntegrityError), db.begin() as session, inserts_together(session):
+        insert_rows(session, counters, [{"key": "k", "n": 1}], on_conflict=_COUNT_UP)
+        insert_rows(session, things, [{"id": "new", "at": at, "data": None}, {"id": "t3", "at": at, "data": None}])
+    with db.read() as session:
+        assert session.execute(select(func.count()).select_from(things)).scalar_one() == 20
+        assert session.execute(select(counters.c.n).where(counters.c.key == "k")).scalar_one() == 2
