@@ -39,7 +39,7 @@ class Settings:
     oidc_audience: str | None = None
     exchange: str = "labshare.events"
     queue_prefix: str = "labshare"
-    relay_interval: float = 0.2
+    relay_interval: float = 0.05
     relay_batch: int = 200
     #: Unacknowledged messages RabbitMQ may hand one consumer at a time (see shared/messaging.py for why 20).
     consumer_prefetch: int = 20
@@ -90,7 +90,7 @@ class Settings:
             "oidc_audience": env.get("LABSHARE_OIDC_AUDIENCE") or None,
             "exchange": env.get("LABSHARE_EXCHANGE", "labshare.events"),
             "queue_prefix": env.get("LABSHARE_QUEUE_PREFIX", "labshare"),
-            "relay_interval": float(env.get("LABSHARE_RELAY_INTERVAL", "0.2")),
+            "relay_interval": float(env.get("LABSHARE_RELAY_INTERVAL", "0.05")),
             "broker_heartbeat": int(env.get("LABSHARE_BROKER_HEARTBEAT", "10")),
             "health_outbox_age": float(env.get("LABSHARE_HEALTH_OUTBOX_AGE", "30")),
             "log_level": env.get("LABSHARE_LOG_LEVEL", "INFO"),
