@@ -17,7 +17,10 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from psycopg import RawCursor
+from psycopg import RawCursor, pq
+from psycopg import errors as psycopg_errors
+from psycopg import generators as psycopg_generators
+from psycopg import sql as psql
 from sqlalchemy import DateTime, Dialect, Engine, Executable, Table, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -275,6 +278,41 @@ def execute_direct(session: Session, stmt: Executable, params: Mapping[str, Any]
         return rows
     results, make = prepared.results, prepared.row
     return [make([p(v) if p is not None else v for p, v in zip(results, r, strict=True)]) for r in rows]
+
+
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
+def advisory_lock(session: Session, key: str) -> None:
+    """Hold a transaction-scoped PostgreSQL advisory lock on ``key`` until the session's transaction ends.
+
+    As the transaction's first statement, BEGIN and the lock go to the server in
+    one round trip (one simple query; the key is quoted by psycopg) instead of
+    psycopg's BEGIN followed by the lock; later in a transaction it is one
+    prepared statement. The lock is taken before anything the transaction reads
+    next, so what it reads was committed before the lock was granted.
+    """
+    conn = session.connection()
+    fairy = conn.connection
+    raw = fairy.driver_connection
+    if raw.pgconn.transaction_status != pq.TransactionStatus.IDLE or raw.autocommit:
+        execute_direct(session, _LOCK, {"key": key})
+        return
+    command = b"BEGIN; SELECT pg_advisory_xact_lock(hashtextextended(" + psql.Literal(key).as_bytes(raw) + b", 0))"
+    dialect = conn.dialect
+    try:
+        with raw.lock:
+            raw.pgconn.send_query(command)
+            results = raw.wait(psycopg_generators.execute(raw.pgconn))
+        for result in results:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                raise psycopg_errors.error_from_result(result, encoding=raw.info.encoding)
+    except dialect.loaded_dbapi.Error as exc:
+        gone = dialect.is_disconnect(exc, raw, None)
+        if gone:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(command.decode(), None, exc, dialect.loaded_dbapi.Error,
+                                  connection_invalidated=gone, dialect=dialect) from exc
 
 
 def psycopg_url(url: str) -> str:

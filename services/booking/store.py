@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from services.booking.domain import BILLED, LIVE, Interval, Place, Policy
-from shared.db import UTCDateTime, execute_direct, insert_rows, upsert_insert
+from shared.db import UTCDateTime, advisory_lock, execute_direct, insert_rows, upsert_insert
 from shared.outbox import define_outbox
 from shared.timeutil import iso, parse_rfc3339
 from shared.timeutil import now as utcnow
@@ -194,10 +194,7 @@ def lock_resource(session: Session, resource_id: str) -> None:
     database lock.
     """
     if session.get_bind().dialect.name == "postgresql":
-        execute_direct(session, _LOCK, {"key": f"booking:{resource_id}"})
-
-
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+        advisory_lock(session, f"booking:{resource_id}")
 
 
 def insert_bookings(session: Session, rows: Sequence[Booking]) -> None:

@@ -4,13 +4,14 @@ connection under the session, and must behave as SQLAlchemy would (types, errors
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, bindparam, func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from shared.db import Database, UTCDateTime, execute_direct, insert_rows, inserts_together
+from shared.db import Database, UTCDateTime, advisory_lock, execute_direct, insert_rows, inserts_together
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +110,36 @@ def test_inserts_together_arrive_together_or_not_at_all(db):
     with db.read() as session:
         assert session.execute(select(func.count()).select_from(things)).scalar_one() == 20
         assert session.execute(select(counters.c.n).where(counters.c.key == "k")).scalar_one() == 2
+
+
+def test_an_advisory_lock_taken_with_begin_holds_until_the_transaction_ends(db):
+    key = "booking:it's \\ odd"  # quoted by psycopg, not by hand
+    granted = threading.Event()
+    seen: list[int] = []
+
+    def second() -> None:
+        with db.begin() as session:
+            advisory_lock(session, key)
+            granted.set()
+            seen.extend(r.n for r in execute_direct(session, select(counters.c.n), {}))
+
+    with db.begin() as session:
+        advisory_lock(session, key)
+        (pid,) = execute_direct(session, _PID, {})
+        # BEGIN went with the lock: the lock is this connection's, inside an open transaction.
+        held = session.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = :pid"),
+                               {"pid": pid[0]}).scalar_one()
+        assert held == 1
+        assert session.execute(text("SELECT now() = statement_timestamp()")).scalar_one() is False
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not granted.wait(0.5)  # the other transaction waits for this one
+        insert_rows(session, counters, [{"key": "written-under-the-lock", "n": 7}])
+    assert granted.wait(10)
+    thread.join(10)
+    assert seen == [7]  # it read after the lock was granted, so it saw what the first one committed
+    # Later in a transaction the lock is an ordinary statement; a different key does not wait.
+    with db.begin() as session:
+        execute_direct(session, _PID, {})
+        advisory_lock(session, key)
+        advisory_lock(session, "another key")
