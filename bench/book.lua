@@ -13,32 +13,20 @@ local result = require("wrk_result")
 setup, response, done = result.setup, result.response, result.done
 
 local counter = 0
-
 local ids = {}
 local base = 0
 local headers = {}
 
 function init(args)
-  local token = args[1]
-  local span = tonumber(args[3]) * 86400
-  base = tonumber(args[2]) + tid * span
-  for id in string.gmatch(args[4], "[^,]+") do
-    table.insert(ids, id)
-  end
-  headers["Authorization"] = "Bearer " .. token
+  base = tonumber(args[2]) + tid * tonumber(args[3]) * 86400
+  ids = result.split(args[4])
+  headers["Authorization"] = "Bearer " .. args[1]
   headers["Content-Type"] = "application/json"
   result.init()
-end
-
-local function stamp(epoch)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", epoch)
 end
 
 function request()
   local n = counter
   counter = counter + 1
-  local start = base + math.floor(n / #ids) * 900
-  local body = '{"resource_id":"' .. ids[(n % #ids) + 1] .. '","start":"' .. stamp(start) ..
-    '","end":"' .. stamp(start + 900) .. '","title":"bench"}'
-  return wrk.format("POST", "/api/v1/bookings", headers, body)
+  return wrk.format("POST", "/api/v1/bookings", headers, result.booking(ids, base, n, "bench"))
 end

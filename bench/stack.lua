@@ -13,33 +13,21 @@ local result = require("wrk_result")
 setup, response, done = result.setup, result.response, result.done
 
 local counter = 0
-
 local ids = {}
 local tokens = {}
 local base = 0
 
 function init(args)
   base = tonumber(args[1]) + tid * tonumber(args[2]) * 86400
-  for id in string.gmatch(args[3], "[^,]+") do
-    table.insert(ids, id)
-  end
-  for token in string.gmatch(args[4], "[^,]+") do
-    table.insert(tokens, token)
-  end
+  ids = result.split(args[3])
+  tokens = result.split(args[4])
   result.init()
-end
-
-local function stamp(epoch)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", epoch)
 end
 
 function request()
   local n = counter
   counter = counter + 1
-  local start = base + math.floor(n / #ids) * 900
-  local body = '{"resource_id":"' .. ids[(n % #ids) + 1] .. '","start":"' .. stamp(start) ..
-    '","end":"' .. stamp(start + 900) .. '","title":"stack bench"}'
   local headers = {["Content-Type"] = "application/json",
                    ["Authorization"] = "Bearer " .. tokens[(n % #tokens) + 1]}
-  return wrk.format("POST", "/api/v1/bookings", headers, body)
+  return wrk.format("POST", "/api/v1/bookings", headers, result.booking(ids, base, n, "stack bench"))
 end

@@ -1,6 +1,6 @@
--- What bench/book.lua, bench/plain.lua and bench/stack.lua share: counting answers by status in
--- every wrk thread and printing one line "BENCH_RESULT {json}" at the end, which bench/run.py and
--- bench/stack.py read:
+-- What bench/book.lua, bench/plain.lua and bench/stack.lua share: the bookings' bodies
+-- (M.split, M.booking), counting answers by status in every wrk thread and printing one line
+-- "BENCH_RESULT {json}" at the end, which bench/run.py and bench/stack.py read:
 --
 --   {"requests", "duration_us", "bytes", "non2xx", "statuses": {"<status>": count, ...},
 --    "errors": {"connect", "read", "write", "status", "timeout"},
@@ -21,6 +21,28 @@
 local M = {}
 
 local threads = {}
+
+-- The comma-separated values of a script argument, as a list.
+function M.split(csv)
+  local out = {}
+  for value in string.gmatch(csv, "[^,]+") do
+    table.insert(out, value)
+  end
+  return out
+end
+
+local function stamp(epoch)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", epoch)
+end
+
+-- The JSON body of a thread's request n (from 0): resource n % #ids at 15-minute slot floor(n / #ids)
+-- counted from base (a UTC epoch on the 15-minute grid), so no two requests of a thread whose block
+-- of days starts at base ever ask for the same resource and time.
+function M.booking(ids, base, n, title)
+  local start = base + math.floor(n / #ids) * 900
+  return '{"resource_id":"' .. ids[(n % #ids) + 1] .. '","start":"' .. stamp(start) ..
+    '","end":"' .. stamp(start + 900) .. '","title":"' .. title .. '"}'
+end
 
 -- wrk's setup(thread): remember the thread and give it its number, the global "tid" (0, 1, ...).
 function M.setup(thread)

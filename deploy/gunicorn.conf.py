@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import json as _json
 import os as _os
+import re as _re
 from pathlib import Path as _Path
 
 from gunicorn import glogging as _glogging
@@ -121,13 +122,19 @@ access_log_format = (
 )
 
 
+#: A string JSON takes as it is: printable ASCII without quote or backslash (most atoms of most requests).
+_PLAIN = _re.compile(r'[ !#-\[\]-~]*').fullmatch
+
+
 class JsonAtoms(_glogging.SafeAtoms):
     """gunicorn's atoms, with string values escaped for use inside JSON strings."""
 
     def __init__(self, atoms: dict) -> None:
         dict.__init__(self)
         for key, value in atoms.items():
-            self[key] = _json.dumps(value)[1:-1] if isinstance(value, str) else value
+            if isinstance(value, str) and not _PLAIN(value):
+                value = _json.dumps(value)[1:-1]
+            self[key] = value
 
 
 class JsonAccessLogger(_glogging.Logger):

@@ -566,7 +566,7 @@ def test_gunicorn_serves_an_app_factory_and_logs_json_lines(tmp_path):
         try:
             assert _wait_for_port(port, proc), err.read_text()
             assert _get(port, "/healthz")[0] == 200
-            status, _, _ = _get(port, '/odd"path\\x?q="v"', headers={"X-Request-Id": "req-42", "User-Agent": 'a"b'})
+            status, _, _ = _get(port, '/odd"path\\x?q="v"', headers={"X-Request-Id": "req-42", "User-Agent": 'a"b\tc'})
             assert status == 404
         finally:
             _stop(proc)
@@ -576,7 +576,7 @@ def test_gunicorn_serves_an_app_factory_and_logs_json_lines(tmp_path):
     health, odd = records
     assert health["path"] == "/healthz" and health["status"] == 200 and health["bytes"] > 0
     assert odd["path"] == '/odd"path\\x' and odd["query"] == 'q="v"' and odd["status"] == 404
-    assert odd["request_id"] == "req-42" and odd["user_agent"] == 'a"b' and odd["method"] == "GET"
+    assert odd["request_id"] == "req-42" and odd["user_agent"] == 'a"b\tc' and odd["method"] == "GET"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", odd["time"])
     assert isinstance(odd["duration_ms"], int) and isinstance(odd["pid"], int)
 
