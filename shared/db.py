@@ -267,7 +267,8 @@ def execute_direct(session: Session, stmt: Executable, params: Mapping[str, Any]
         cur = fairy.info["labshare_cursor"] = RawCursor(raw)
     try:
         cur.execute(prepared.sql, values)
-        rows = cur.fetchall() if cur.description is not None else []
+        result = cur.pgresult  # (not cur.description: that builds a Column per column each time)
+        rows = cur.fetchall() if result is not None and result.status == pq.ExecStatus.TUPLES_OK else []
     except dialect.loaded_dbapi.Error as exc:
         gone = dialect.is_disconnect(exc, raw, cur)
         if gone:

@@ -51,13 +51,14 @@ from typing import Any
 from amqp.exceptions import MessageNacked
 from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
 from kombu.message import Message
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from shared import tracing
 from shared.config import Settings
-from shared.db import Database
+from shared.db import Database, execute_direct
 from shared.events import CONTENT_TYPE
 from shared.metrics import (
     EVENT_LAG,
@@ -260,19 +261,26 @@ class Relay:
         self.wake = threading.Event()
         self.connected = False
         self.published = 0
+        # Built once, so a poll (several a second, most of them finding nothing) costs one prepared
+        # statement, not a statement built and looked up in SQLAlchemy's cache.
+        t = outbox
+        claim = select(t.c.id, t.c.type, t.c.payload).where(t.c.published_at.is_(None)).order_by(t.c.id)
+        claim = claim.limit(settings.relay_batch)
+        self._claim = claim if db.is_sqlite else claim.with_for_update(skip_locked=True)
+        self._mark = (
+            update(t).where(t.c.id.in_(bindparam("ids", expanding=True))).values(published_at=bindparam("at"))
+            if db.is_sqlite else
+            update(t).where(t.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))).values(
+                published_at=bindparam("at"))
+        )
 
     def publish_batch(self, producer: Producer, confirms: BatchConfirms) -> int:
         """Publish one batch of unsent events, wait for the broker's confirms of all of them, then mark
         them sent; returns how many were sent."""
-        t = self.outbox
-        stmt = select(t.c.id, t.c.type, t.c.payload).where(t.c.published_at.is_(None)).order_by(t.c.id)
-        stmt = stmt.limit(self.settings.relay_batch)
-        if not self.db.is_sqlite:
-            stmt = stmt.with_for_update(skip_locked=True)
         exchange = events_exchange(self.settings)
         timeout = {} if self.settings.broker_is_memory else {"timeout": self.settings.publish_timeout}
         with self.db.begin() as session:
-            rows = session.execute(stmt).all()
+            rows = execute_direct(session, self._claim, {})
             for row in rows:
                 producer.publish(
                     row.payload,
@@ -287,9 +295,7 @@ class Relay:
                 confirms.published()
             confirms.wait()
             if rows:
-                session.execute(
-                    update(t).where(t.c.id.in_([r.id for r in rows])).values(published_at=now())
-                )
+                execute_direct(session, self._mark, {"ids": [r.id for r in rows], "at": now()})
         for row in rows:
             EVENTS_PUBLISHED.labels(self.service, row.type).inc()
         self.published += len(rows)
@@ -319,9 +325,10 @@ class Relay:
                     self.connected = True
                     delay = 0.5
                     while not stop.is_set():
-                        if self.publish_batch(producer, confirms) >= self.settings.relay_batch:
+                        sent = self.publish_batch(producer, confirms)
+                        if sent >= self.settings.relay_batch:
                             continue
-                        self.wake.wait(self.settings.relay_interval)
+                        self.wake.wait(self.settings.relay_busy_interval if sent else self.settings.relay_interval)
                         self.wake.clear()
                         keepalive.tick()
             except Exception as exc:  # broker or database away: back off, then retry
