@@ -284,22 +284,27 @@ def execute_direct(session: Session, stmt: Executable, params: Mapping[str, Any]
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
-def advisory_lock(session: Session, key: str) -> None:
-    """Hold a transaction-scoped PostgreSQL advisory lock on ``key`` until the session's transaction ends.
+def advisory_lock(session: Session, key: str, then: str = "") -> list[tuple]:
+    """Hold a transaction-scoped PostgreSQL advisory lock on ``key`` until the session's transaction ends;
+    then run ``then`` (a constant query without parameters, if given) and return its rows.
 
-    As the transaction's first statement, BEGIN and the lock go to the server in
-    one round trip (one simple query; the key is quoted by psycopg) instead of
-    psycopg's BEGIN followed by the lock; later in a transaction it is one
-    prepared statement. The lock is taken before anything the transaction reads
-    next, so what it reads was committed before the lock was granted.
+    As the transaction's first statement, BEGIN, the lock and ``then`` go to the
+    server in one round trip (one simple query; the key is quoted by psycopg)
+    instead of psycopg's BEGIN followed by each statement; later in a transaction
+    they are ordinary statements. The lock is taken before anything the
+    transaction reads next: ``then`` and what follows see what was committed
+    before the lock was granted (each statement of a simple query has its own
+    snapshot). Values of the fast path's rows are strings.
     """
     conn = session.connection()
     fairy = conn.connection
     raw = fairy.driver_connection
     if raw.pgconn.transaction_status != pq.TransactionStatus.IDLE or raw.autocommit:
         execute_direct(session, _LOCK, {"key": key})
-        return
+        return [tuple(row) for row in conn.exec_driver_sql(then)] if then else []
     command = b"BEGIN; SELECT pg_advisory_xact_lock(hashtextextended(" + psql.Literal(key).as_bytes(raw) + b", 0))"
+    if then:
+        command += b"; " + then.encode()
     dialect = conn.dialect
     try:
         with raw.lock:
@@ -314,6 +319,11 @@ def advisory_lock(session: Session, key: str) -> None:
             conn.invalidate(exc)
         raise DBAPIError.instance(command.decode(), None, exc, dialect.loaded_dbapi.Error,
                                   connection_invalidated=gone, dialect=dialect) from exc
+    if not then:
+        return []
+    last, encoding = results[-1], raw.info.encoding
+    return [tuple(None if (v := last.get_value(i, j)) is None else bytes(v).decode(encoding)
+                  for j in range(last.nfields)) for i in range(last.ntuples)]
 
 
 def psycopg_url(url: str) -> str:

@@ -27,6 +27,7 @@ from services.booking.store import (
     bump_feeds_of_resource,
     load_place,
     lock_resource,
+    read_model_changed,
     reschedule_checkins,
 )
 from shared.messaging import EventHandler
@@ -172,7 +173,15 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
         # Its free/busy feed shows outages.
         bump_feeds(session, resources=[data["resource_id"]], users=[b.user_sub for b in promoted])
 
-    return {
+    def counted(handler: EventHandler) -> EventHandler:
+        def apply(session: Session, event: dict[str, Any]) -> None:
+            handler(session, event)
+            read_model_changed(session)  # what workers cached of the read model is stale from this commit on
+
+        apply.__doc__ = handler.__doc__
+        return apply
+
+    return {event_type: counted(handler) for event_type, handler in {
         "lab.created": upsert_lab,
         "lab.updated": upsert_lab,
         "resource.created": upsert_resource,
@@ -182,4 +191,4 @@ def handlers(rt: Runtime) -> dict[str, EventHandler]:
         "outage.deleted": outage_deleted,
         "qualification.granted": upsert_qualification,
         "qualification.revoked": drop_qualification,
-    }
+    }.items()}

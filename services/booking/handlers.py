@@ -350,8 +350,9 @@ def _create_once(rt: Runtime, user: Principal, data: dict[str, Any]) -> dict[str
     skipped: list[dict[str, Any]] | None = None
     try:
         with rt.db.begin() as session:
-            store.lock_resource(session, resource_id)
-            found = store.place_and_facts(session, resource_id, (start, end), user.sub)
+            version = store.lock_for_booking(session, resource_id)
+            found = store.place_and_facts(session, resource_id, (start, end), user.sub, version=version,
+                                          cache=store.facts_cache(rt.db.url))
             if found is None:
                 raise NotFound(f"No resource with id {resource_id}.")
             place, facts = found

@@ -7,6 +7,8 @@ Besides its own bookings, the service keeps a read model of inventory
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -14,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Index,
     Integer,
@@ -194,7 +197,11 @@ def lock_resource(session: Session, resource_id: str) -> None:
     database lock.
     """
     if session.get_bind().dialect.name == "postgresql":
-        advisory_lock(session, f"booking:{resource_id}")
+        advisory_lock(session, _lock_key(resource_id))
+
+
+def _lock_key(resource_id: str) -> str:
+    return f"booking:{resource_id}"
 
 
 def insert_bookings(session: Session, rows: Sequence[Booking]) -> None:
@@ -276,13 +283,81 @@ _PLACE_AND_FACTS = (
 )
 
 
+#: The read model's version, read right after the resource's lock (the row is there from migration 0004).
+_READ_MODEL_VERSION = "SELECT version FROM read_model_version WHERE id = 1"
+_BUMP_READ_MODEL = text("UPDATE read_model_version SET version = version + 1 WHERE id = 1")
+#: The outages a cached place-and-facts holds reach this far (all of the resource's future ones).
+_FOREVER = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+
+
+def read_model_changed(session: Session) -> None:
+    """Count a change to the read model, in the transaction that made it (every cache of it goes stale)."""
+    execute_direct(session, _BUMP_READ_MODEL, {})
+
+
+def lock_for_booking(session: Session, resource_id: str) -> int | None:
+    """``lock_resource``, and then the read model's version as of after the lock (on PostgreSQL BEGIN,
+    the lock and the version in one round trip); None when the version row is missing."""
+    if session.get_bind().dialect.name == "postgresql":
+        rows = advisory_lock(session, _lock_key(resource_id), then=_READ_MODEL_VERSION)
+    else:
+        rows = list(session.connection().exec_driver_sql(_READ_MODEL_VERSION))
+    return int(rows[0][0]) if rows else None
+
+
+class FactsCache:
+    """Recently used place-and-facts by (resource, user), each with the read-model version it was read at;
+    an entry counts only while that version is current. Least recently used entries go first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str], tuple[int, Place, Facts]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, resource_id: str, sub: str, version: int) -> tuple[Place, Facts] | None:
+        with self._lock:
+            entry = self._entries.get((resource_id, sub))
+            if entry is None or entry[0] != version:
+                return None
+            self._entries.move_to_end((resource_id, sub))
+            return entry[1], entry[2]
+
+    def put(self, resource_id: str, sub: str, version: int, place: Place, facts: Facts) -> None:
+        with self._lock:
+            self._entries[(resource_id, sub)] = (version, place, facts)
+            self._entries.move_to_end((resource_id, sub))
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+#: One cache per database (a process may serve several, as the tests do).
+_CACHES: dict[str, FactsCache] = {}
+
+
+def facts_cache(url: str) -> FactsCache:
+    """This process's cache of place-and-facts for the database at ``url``."""
+    cache = _CACHES.get(url)
+    if cache is None:
+        cache = _CACHES.setdefault(url, FactsCache())
+    return cache
+
+
 def place_and_facts(
-    session: Session, resource_id: str, window: Interval, sub: str
+    session: Session, resource_id: str, window: Interval, sub: str,
+    version: int | None = None, cache: FactsCache | None = None,
 ) -> tuple[Place, Facts] | None:
     """The place with the outages overlapping ``window`` and ``sub``'s qualification: one query.
 
-    None when booking has not heard of the resource.
+    With the read model's ``version`` (from ``lock_for_booking``) and a ``cache``, an
+    entry read at that version answers without a query; otherwise the query reads
+    every outage from the window's start on and fills the cache. None when booking
+    has not heard of the resource.
     """
+    if version is not None and cache is not None:
+        hit = cache.get(resource_id, sub, version)
+        if hit is not None and hit[1].window[0] <= window[0]:
+            return hit
+        window = (min(window[0], utcnow()), _FOREVER)
     rows = execute_direct(
         session, _PLACE_AND_FACTS, {"resource_id": resource_id, "w_start": window[0], "w_end": window[1], "sub": sub}
     )
@@ -293,7 +368,10 @@ def place_and_facts(
                           show_titles=r.show_titles) if r.lab_known is not None else None
     place = place_of(lab, r)
     outages = tuple((row.start_at, row.end_at) for row in rows if row.start_at is not None)
-    return place, Facts(window, outages, sub, r.qualified is not None, r.expires)
+    facts = Facts(window, outages, sub, r.qualified is not None, r.expires)
+    if version is not None and cache is not None:
+        cache.put(resource_id, sub, version, place, facts)
+    return place, facts
 
 
 def places_in_category(session: Session, category: str) -> list[Place]:
@@ -423,6 +501,20 @@ def managed_lab_ids(session: Session, sub: str) -> set[str]:
 
 
 # -- calendar feeds ---------------------------------------------------------------------------------
+
+
+class ReadModelVersion(Base):
+    """One row counting the changes to booking's read model (labs, resources, outages, qualifications).
+
+    Every consumer transaction that applies an inventory event bumps it
+    (``read_model_changed``), so what a process caches of the read model
+    (``FactsCache``) is valid exactly while the number it was read with is still
+    the row's.
+    """
+
+    __tablename__ = "read_model_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class FeedVersion(Base):

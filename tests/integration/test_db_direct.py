@@ -119,9 +119,10 @@ def test_an_advisory_lock_taken_with_begin_holds_until_the_transaction_ends(db):
 
     def second() -> None:
         with db.begin() as session:
-            advisory_lock(session, key)
+            # BEGIN, the lock and a read in one round trip: the read's snapshot is taken after the lock.
+            rows = advisory_lock(session, key, then="SELECT n FROM counters WHERE key = 'written-under-the-lock'")
             granted.set()
-            seen.extend(r.n for r in execute_direct(session, select(counters.c.n), {}))
+            seen.extend(int(n) for (n,) in rows)
 
     with db.begin() as session:
         advisory_lock(session, key)
@@ -142,4 +143,4 @@ def test_an_advisory_lock_taken_with_begin_holds_until_the_transaction_ends(db):
     with db.begin() as session:
         execute_direct(session, _PID, {})
         advisory_lock(session, key)
-        advisory_lock(session, "another key")
+        assert advisory_lock(session, "another key", then="SELECT n FROM counters") == [(7,)]
