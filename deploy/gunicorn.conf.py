@@ -146,15 +146,27 @@ class JsonAccessLogger(_glogging.Logger):
         return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def atoms(self, resp, req, environ, request_time) -> dict:
-        atoms = super().atoms(resp, req, environ, request_time)
-        atoms["B"] = atoms.get("B") or 0
-        atoms["p"] = _os.getpid()
-        if atoms.get("{x-request-id}i", "-") == "-":
-            # no id came in: log the one the app made up and returned
-            atoms["{x-request-id}i"] = atoms.get("{x-request-id}o", "-")
-        if not str(atoms.get("s", "")).isdigit():
-            atoms["s"] = 0
-        return atoms
+        """The atoms ``access_log_format`` uses, and only those: gunicorn's own method adds one per
+        request header, response header and WSGI environ entry, each then escaped, on every request."""
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        request_id = environ.get("HTTP_X_REQUEST_ID")
+        if not request_id:  # no id came in: log the one the app made up and returned
+            request_id = next((v for k, v in resp.headers if k.lower() == "x-request-id"), "-")
+        return {
+            "t": self.now(),
+            "h": environ.get("REMOTE_ADDR", "-"),
+            "m": environ.get("REQUEST_METHOD"),
+            "U": environ.get("PATH_INFO"),
+            "q": environ.get("QUERY_STRING"),
+            "H": environ.get("SERVER_PROTOCOL"),
+            "s": status if str(status).isdigit() else 0,
+            "B": getattr(resp, "sent", None) or 0,
+            "M": request_time.seconds * 1000 + request_time.microseconds // 1000,
+            "{x-request-id}i": request_id,
+            "a": environ.get("HTTP_USER_AGENT", "-"),
+            "f": environ.get("HTTP_REFERER", "-"),
+            "p": _os.getpid(),
+        }
 
 
 logger_class = JsonAccessLogger

@@ -541,7 +541,8 @@ def create_app():
     def app(environ, start_response):
         if environ["PATH_INFO"] == "/healthz":
             body = json.dumps({"status": "ok"}).encode()
-            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                      ("X-Request-Id", "made-up-by-the-app")])
             return [body]
         start_response("404 NOT FOUND", [("Content-Type", "application/problem+json")])
         return [b'{"status": 404}']
@@ -575,6 +576,8 @@ def test_gunicorn_serves_an_app_factory_and_logs_json_lines(tmp_path):
     assert len(records) == 2, lines
     health, odd = records
     assert health["path"] == "/healthz" and health["status"] == 200 and health["bytes"] > 0
+    assert health["request_id"] == "made-up-by-the-app"  # none came in: the one the app returned
+    assert health["remote_addr"] == "127.0.0.1" and health["protocol"] == "HTTP/1.1"
     assert odd["path"] == '/odd"path\\x' and odd["query"] == 'q="v"' and odd["status"] == 404
     assert odd["request_id"] == "req-42" and odd["user_agent"] == 'a"b\tc' and odd["method"] == "GET"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", odd["time"])
