@@ -21,7 +21,19 @@ from psycopg import RawCursor, pq
 from psycopg import errors as psycopg_errors
 from psycopg import generators as psycopg_generators
 from psycopg import sql as psql
-from sqlalchemy import DateTime, Dialect, Engine, Executable, Table, TextClause, bindparam, create_engine, event, text
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Executable,
+    Table,
+    TextClause,
+    bindparam,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -270,15 +282,23 @@ def execute_direct(session: Session, stmt: Executable, params: Mapping[str, Any]
         result = cur.pgresult  # (not cur.description: that builds a Column per column each time)
         rows = cur.fetchall() if result is not None and result.status == pq.ExecStatus.TUPLES_OK else []
     except dialect.loaded_dbapi.Error as exc:
-        gone = dialect.is_disconnect(exc, raw, cur)
-        if gone:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(prepared.sql, values, exc, dialect.loaded_dbapi.Error,
-                                  connection_invalidated=gone, dialect=dialect) from exc
+        raise _as_sqlalchemy_error(conn, exc, prepared.sql, values, cur) from exc
     if prepared.row is None:
         return rows
     results, make = prepared.results, prepared.row
     return [make([p(v) if p is not None else v for p, v in zip(results, r, strict=True)]) for r in rows]
+
+
+def _as_sqlalchemy_error(conn: Connection, exc: Exception, statement: str, params: Any,
+                         cursor: Any = None) -> DBAPIError:
+    """A psycopg error as SQLAlchemy would raise it (``IntegrityError`` and so on); a lost connection is
+    invalidated first, so the pool replaces it."""
+    dialect = conn.dialect
+    gone = dialect.is_disconnect(exc, conn.connection.driver_connection, cursor)
+    if gone:
+        conn.invalidate(exc)
+    return DBAPIError.instance(statement, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=gone,
+                               dialect=dialect)
 
 
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
@@ -314,11 +334,7 @@ def advisory_lock(session: Session, key: str, then: str = "") -> list[tuple]:
             if result.status == pq.ExecStatus.FATAL_ERROR:
                 raise psycopg_errors.error_from_result(result, encoding=raw.info.encoding)
     except dialect.loaded_dbapi.Error as exc:
-        gone = dialect.is_disconnect(exc, raw, None)
-        if gone:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(command.decode(), None, exc, dialect.loaded_dbapi.Error,
-                                  connection_invalidated=gone, dialect=dialect) from exc
+        raise _as_sqlalchemy_error(conn, exc, command.decode(), None) from exc
     if not then:
         return []
     last, encoding = results[-1], raw.info.encoding
