@@ -278,7 +278,7 @@ class Relay:
         """Publish one batch of unsent events, wait for the broker's confirms of all of them, then mark
         them sent; returns how many were sent."""
         exchange = events_exchange(self.settings)
-        timeout = {} if self.settings.broker_is_memory else {"timeout": self.settings.publish_timeout}
+        options = publish_options(self.settings)  # the confirm wait itself is BatchConfirms.wait's
         with self.db.begin() as session:
             rows = execute_direct(session, self._claim, {})
             for row in rows:
@@ -290,7 +290,7 @@ class Relay:
                     content_encoding="utf-8",
                     delivery_mode=2,
                     retry=False,
-                    **timeout,
+                    **options,
                 )
                 confirms.published()
             confirms.wait()
