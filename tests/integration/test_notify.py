@@ -8,14 +8,12 @@ webhook receiver is what a user and an integrator would get.
 from __future__ import annotations
 
 import datetime as dt
-import email
 import hashlib
 import hmac
 import json
 import threading
 import time
 import uuid
-from email import policy
 
 import icalendar
 import pytest
@@ -33,7 +31,7 @@ from shared.events import CONTENT_TYPE, make_event
 from shared.messaging import connect, declare_topology, events_exchange
 from shared.migrate import upgrade
 from tests.harness import OSLO, next_weekday, rfc
-from tests.servers import MailSink, WebhookSink, wait_until
+from tests.servers import MailSink, WebhookSink, parse_mail, wait_until
 
 ADA = "ada@example.org"
 MANAGER_MAIL = "lab-manager@example.org"
@@ -455,7 +453,7 @@ def test_two_notify_runtimes_send_each_reminder_once(notify_settings):
     for rt in runtimes:
         while DeliveryWorker(rt, "email").run_once():
             pass
-    parsed = [email.message_from_bytes(m, policy=policy.default) for m in mail.sent]
+    parsed = [parse_mail(m) for m in mail.sent]
     reminders = [m for m in parsed if m["Subject"].startswith("Reminder:")]
     assert len(reminders) == bookings
     assert len({m["To"].addresses[0].addr_spec for m in reminders}) == bookings

@@ -10,7 +10,6 @@ import hmac
 import json
 import mailbox
 import uuid
-from email import policy
 from pathlib import Path
 
 import icalendar
@@ -26,6 +25,7 @@ from shared.calendar import booking_uid
 from shared.config import Settings
 from shared.events import make_event
 from shared.migrate import upgrade
+from tests.servers import parse_mail
 
 UTC = dt.UTC
 
@@ -35,6 +35,7 @@ class FakeMail:
 
     def __init__(self) -> None:
         self.sent: list[email.message.EmailMessage] = []
+        self.raw: list[bytes] = []
         self.envelopes: list[tuple[str, str]] = []
         self.script: list[Outcome] = []
 
@@ -43,7 +44,8 @@ class FakeMail:
         for m in messages:
             outcome = self.script.pop(0) if self.script else Outcome(True, 1.0, 250)
             if outcome.ok:
-                self.sent.append(email.message_from_bytes(m.message, policy=policy.default))
+                self.sent.append(parse_mail(m.message))
+                self.raw.append(m.message)
                 self.envelopes.append((m.sender, m.recipient))
             out.append(outcome)
         return out
@@ -164,6 +166,17 @@ def test_invitation_is_an_imip_request_with_the_labs_zone(rt, fakes):
     assert icalendar.Calendar.from_ical(attachment.get_content())["METHOD"] == "REQUEST"
     html = next(p for p in msg.walk() if p.get_content_type() == "text/html").get_content()
     assert "Live-cell imaging" in html and "<table>" in html
+
+
+def test_a_subject_folded_after_its_colon_reads_back_unchanged(rt, fakes):
+    # 22:00-00:00 UTC is 23:00-01:00 in Oslo: the subject names both days and, at 72 characters, just fits a
+    # folded line of its own, so the header goes out as "Subject:" CRLF SP value.
+    send_event(rt, "booking.confirmed", snapshot(start=dt.datetime(2030, 12, 13, 22, 0, tzinfo=UTC),
+                                                 resource_name="Zeiss LSM 980 NLO"))
+    deliver(rt)
+    [raw], [msg] = fakes[0].raw, fakes[0].sent
+    assert b"\r\nSubject:\r\n Booked: Zeiss" in raw
+    assert msg["Subject"] == "Booked: Zeiss LSM 980 NLO, Fri 13 Dec 2030 23:00 - Sat 14 Dec 2030 01:00"
 
 
 def test_change_and_cancel_keep_the_uid_and_raise_the_sequence(rt, fakes):
