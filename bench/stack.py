@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -44,7 +43,7 @@ import requests  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from shared.db import psycopg_url  # noqa: E402
-from tests.infra import create_database, drop_database  # noqa: E402
+from tests.infra import create_database, deploy_script, drop_database  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("LABSHARE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_HOST = os.environ.get("LABSHARE_BENCH_AMQP_HOST", "127.0.0.1")
@@ -60,15 +59,9 @@ SPAN_DAYS = 20  # days of slots each load thread owns in a run (50 resources x 9
 BLOCK_DAYS = max(THREADS, CONNECTIONS) * SPAN_DAYS  # days one run may book (wrk threads or Python clients)
 
 
-def _load_stack_module():
-    spec = importlib.util.spec_from_file_location("labshare_bench_stack", ROOT / "deploy" / "stack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-stack_module = _load_stack_module()
+stack_module = deploy_script("stack.py")
 
 
 class BenchError(Exception):

@@ -1,15 +1,20 @@
-"""Access to the machine's PostgreSQL and RabbitMQ for tests: fresh databases, a vhost, clear skips.
+"""Access to the machine's PostgreSQL and RabbitMQ for tests: fresh databases, a vhost, clear skips;
+and deploy/'s scripts as modules.
 
-``create_database`` and ``drop_database`` need no pytest run: the benchmarks use them too.
+``create_database``, ``drop_database`` and ``deploy_script`` need no pytest run: the benchmarks use them too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from sqlalchemy import text
@@ -19,6 +24,20 @@ from shared.db import admin_engine
 PG_ADMIN_URL = os.environ.get("LABSHARE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP_HOST = os.environ.get("LABSHARE_TEST_AMQP_HOST", "127.0.0.1")
 REQUIRED = os.environ.get("LABSHARE_REQUIRE_SERVICES") == "1"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def deploy_script(relative: str) -> ModuleType:
+    """``deploy/<relative>`` as a module, loaded once per process (deploy/ holds scripts, not a package)."""
+    name = "labshare_deploy_" + relative.removesuffix(".py").replace("/", "_")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, DEPLOY / relative)
+    assert spec and spec.loader, relative
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it: dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def unavailable(message: str) -> None:

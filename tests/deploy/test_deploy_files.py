@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -37,13 +36,12 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from tests.infra import nginx_binary, unavailable
+from tests.infra import deploy_script, nginx_binary, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -51,17 +49,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DEFINITIONS_FILE = DEPLOY / "rabbitmq" / "definitions.json"
 
 
-def _load_module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-render_nginx = _load_module("labshare_deploy_render_nginx", DEPLOY / "render_nginx.py")
-render_definitions = _load_module("labshare_deploy_render_definitions", DEPLOY / "rabbitmq" / "render_definitions.py")
+render_nginx = deploy_script("render_nginx.py")
+render_definitions = deploy_script("rabbitmq/render_definitions.py")
 
 
 def _free_port() -> int:

@@ -17,12 +17,10 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from referencing import Registry, Resource
 
 from tests.deploy import k8s_render
 from tests.deploy.k8s_crd_schemas import SCHEMAS
+from tests.infra import deploy_script
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -42,16 +41,8 @@ NAMESPACE = "labshare"
 SERVICES = ("inventory", "booking", "notify")
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-render_nginx = _load("labshare_k8s_test_render_nginx", ROOT / "deploy" / "render_nginx.py")
-gateway_config = _load("labshare_k8s_test_gateway_config", K8S / "gateway_config.py")
+render_nginx = deploy_script("render_nginx.py")
+gateway_config = deploy_script("k8s/gateway_config.py")
 
 
 def kustomization_dirs() -> list[Path]:

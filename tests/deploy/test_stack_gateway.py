@@ -6,7 +6,6 @@ The stack itself runs in tests/e2e/test_stack.py.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -14,21 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra import nginx_binary
+from tests.infra import deploy_script, nginx_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-render_nginx = _load("labshare_stack_test_render_nginx", ROOT / "deploy" / "render_nginx.py")
-stack = _load("labshare_stack_test_stack", ROOT / "deploy" / "stack.py")
+render_nginx = deploy_script("render_nginx.py")
+stack = deploy_script("stack.py")
 
 
 def _upstream(text: str, name: str) -> list[str]:

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import importlib.util
 import json
 import random
 import re
-import sys
 import threading
 import time
 import uuid
@@ -41,7 +39,6 @@ from sqlalchemy import create_engine, text
 
 from shared.db import psycopg_url
 from tests import infra
-from tests.e2e.helpers import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -51,15 +48,9 @@ TAP_QUEUE = "stack-test-tap"
 SETTLE_SECONDS = 45
 
 
-def _load_stack_module():
-    spec = importlib.util.spec_from_file_location("labshare_deploy_stack", REPO / "deploy" / "stack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-stack_module = _load_stack_module()
+stack_module = infra.deploy_script("stack.py")
 
 
 class Harness:
