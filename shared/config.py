@@ -70,6 +70,9 @@ class Settings:
     delivery_timeout: float = 10.0
     #: Seconds between booking's passes over no-shows and expired waitlist entries.
     housekeeping_interval: float = 30.0
+    #: Whether webhooks may be sent to loopback, private, link-local and other non-public addresses
+    #: (None: only in dev mode, where receivers on the same machine are the norm).
+    webhook_private_targets: bool | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -111,6 +114,8 @@ class Settings:
             values["delivery_timeout"] = float(env["LABSHARE_DELIVERY_TIMEOUT"])
         if env.get("LABSHARE_HOUSEKEEPING_INTERVAL"):
             values["housekeeping_interval"] = float(env["LABSHARE_HOUSEKEEPING_INTERVAL"])
+        if env.get("LABSHARE_WEBHOOK_PRIVATE_TARGETS"):
+            values["webhook_private_targets"] = _bool(env["LABSHARE_WEBHOOK_PRIVATE_TARGETS"])
         if env.get("LABSHARE_DEV_SECRET"):
             values["dev_secret"] = env["LABSHARE_DEV_SECRET"]
         values.update(overrides)
@@ -133,6 +138,11 @@ class Settings:
         """The PostgreSQL schema a service's tables live in (None on SQLite)."""
         url = self.database_url_for(service)
         return service if url.startswith("postgresql") else None
+
+    @property
+    def private_webhook_targets(self) -> bool:
+        """True when webhooks may go to non-public addresses (see ``webhook_private_targets``)."""
+        return self.dev_mode if self.webhook_private_targets is None else self.webhook_private_targets
 
     @property
     def broker_is_memory(self) -> bool:

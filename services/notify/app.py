@@ -46,7 +46,7 @@ def build_runtime(
     rt = NotifyRuntime.build(NAME, settings, Base.metadata, handlers)
     assert isinstance(rt, NotifyRuntime)
     rt.mail = mail or mail_transport(settings)
-    rt.http = http or HttpWebhookClient(settings.delivery_timeout)
+    rt.http = http or HttpWebhookClient(settings.delivery_timeout, settings.private_webhook_targets)
     rt.loops += [
         ReminderScheduler(rt).run,
         DeliveryWorker(rt, "email").run,

@@ -220,8 +220,35 @@ def matches(patterns: list[str], event_type: str) -> bool:
     return any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
 
 
-def url_problems(url: str) -> list[str]:
-    """Why a webhook URL is refused: only http(s) with a host, no credentials, no fragment."""
+def address_kind(address: str) -> str | None:
+    """What keeps webhooks from this IP address, e.g. ``"a loopback address"``; None for a public one."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_global and not (ip.is_multicast or ip.is_reserved):
+        return None
+    kinds = (("a loopback address", ip.is_loopback), ("a link-local address", ip.is_link_local),
+             ("a multicast address", ip.is_multicast), ("an unspecified address", ip.is_unspecified),
+             ("a private or reserved address", ip.is_private or ip.is_reserved))
+    return next((kind for kind, yes in kinds if yes), "not a public address")
+
+
+def host_problem(host: str) -> str | None:
+    """Why a webhook URL's host is refused when only public addresses may be called: an IP address that is
+    not public, or a name of this machine. Other names are checked when a delivery connects."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"{host} is this machine"
+    try:
+        kind = address_kind(host)
+    except ValueError:
+        return None
+    return f"{host} is {kind}" if kind else None
+
+
+def url_problems(url: str, private_targets: bool = True) -> list[str]:
+    """Why a webhook URL is refused: only http(s) with a host, no credentials, no fragment; and, unless
+    ``private_targets``, no host that is not on the public internet."""
     if len(url) > MAX_URL:
         return [f"must be at most {MAX_URL} characters"]
     if any(c.isspace() for c in url) or any(ord(c) < 32 for c in url):
@@ -242,6 +269,9 @@ def url_problems(url: str) -> list[str]:
         problems.append("must not contain a fragment")
     if port == 0:
         problems.append("must not use port 0")
+    if not private_targets and parts.hostname and (problem := host_problem(parts.hostname)):
+        problems.append(f"must point to a public address ({problem}; LABSHARE_WEBHOOK_PRIVATE_TARGETS=1 "
+                        "allows it)")
     return problems
 
 

@@ -398,7 +398,8 @@ def create_webhook(rt: NotifyRuntime, user: Principal, data: dict[str, Any]) -> 
     """Register a webhook: managers for the labs they manage, admins for any lab or all events."""
     if not user.is_manager:
         raise Forbidden("Only lab managers and admins may add webhooks.")
-    errors = [{"field": "url", "message": m} for m in domain.url_problems(data["url"])]
+    url_problems = domain.url_problems(data["url"], rt.settings.private_webhook_targets)
+    errors = [{"field": "url", "message": m} for m in url_problems]
     errors += [{"field": "events", "message": m} for m in domain.pattern_problems(data["events"])]
     if errors:
         raise ValidationFailed(errors)

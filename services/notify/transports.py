@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import mailbox
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -23,7 +24,11 @@ from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from services.notify import domain
 from shared.config import Settings
 from shared.timeutil import now
 
@@ -154,11 +159,81 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-class HttpWebhookClient:
-    """POSTs with ``requests``: a pooled session per thread, a timeout, no redirects followed."""
+class RefusedAddress(OSError):
+    """A webhook's host is, or resolves to, an address webhooks may not be sent to."""
 
-    def __init__(self, timeout: float = 10.0) -> None:
+
+class _PublicOnly:
+    """For urllib3's connections: look the host up once, refuse it unless every address it has is public,
+    and connect to the address that was checked (so a name cannot answer differently in between)."""
+
+    _dns_host: str
+    port: int
+
+    def _new_conn(self) -> socket.socket:
+        host = self._dns_host
+        try:
+            infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            return super()._new_conn()  # type: ignore[misc]  # urllib3 reports the failed lookup
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:
+            if kind := domain.address_kind(address):
+                what = f"{host} is {kind}" if address == host else f"{host} resolves to {address}, {kind}"
+                raise RefusedAddress(what)
+        self._dns_host = addresses[0]
+        try:
+            return super()._new_conn()  # type: ignore[misc]
+        finally:
+            self._dns_host = host
+
+
+class _PublicHTTPConnection(_PublicOnly, HTTPConnection):
+    pass
+
+
+class _PublicHTTPSConnection(_PublicOnly, HTTPSConnection):
+    pass
+
+
+class _PublicHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PublicHTTPConnection
+
+
+class _PublicHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PublicHTTPSConnection
+
+
+class PublicOnlyAdapter(HTTPAdapter):
+    """requests' adapter whose connections go to public addresses only (TLS still checks the host name)."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
+
+
+def _refusal(exc: BaseException) -> RefusedAddress | None:
+    """The RefusedAddress somewhere inside what requests raised (urllib3 wraps it twice)."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if isinstance(e, RefusedAddress):
+            return e
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        todo += [x for x in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+                 if isinstance(x, BaseException)]
+    return None
+
+
+class HttpWebhookClient:
+    """POSTs with ``requests``: a pooled session per thread, a timeout, no redirects followed; unless
+    ``private_targets``, only to public addresses (checked when connecting, whatever the URL's host)."""
+
+    def __init__(self, timeout: float = 10.0, private_targets: bool = True) -> None:
         self.timeout = timeout
+        self.private_targets = private_targets
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
@@ -166,17 +241,24 @@ class HttpWebhookClient:
         if session is None:
             session = requests.Session()
             session.trust_env = False
+            if not self.private_targets:
+                session.mount("http://", PublicOnlyAdapter())
+                session.mount("https://", PublicOnlyAdapter())
             self._local.session = session
         return session
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
-        """One POST; 2xx is success, anything else (or no answer) a failure to retry."""
+        """One POST; 2xx is success, anything else (or no answer) a failure to retry; a refused address
+        a failure for good."""
         began, t = now(), time.perf_counter()
         try:
             resp = self._session().post(url, data=body, headers=headers, timeout=self.timeout,
                                         allow_redirects=False)
             resp.close()
         except requests.RequestException as exc:
+            if (refused := _refusal(exc)) is not None:
+                return Outcome(False, _ms(t), error=f"refused: {refused} (webhooks go to public addresses only)",
+                               permanent=True, started_at=began)
             return Outcome(False, _ms(t), error=f"{type(exc).__name__}: {exc}"[:500], started_at=began)
         ok = 200 <= resp.status_code < 300
         return Outcome(ok, _ms(t), resp.status_code, None if ok else f"HTTP {resp.status_code}", started_at=began)

@@ -24,6 +24,7 @@ from services.booking.store import Booking
 from services.booking.workers import Housekeeping
 from services.notify import handlers
 from services.notify.app import build_runtime
+from services.notify.store import Webhook
 from services.notify.workers import DeliveryWorker
 from shared.calendar import booking_uid
 from shared.config import Settings
@@ -292,6 +293,39 @@ def test_webhook_urls_and_rights_are_checked(ns, receiver):
     assert ns.get(f"/api/v1/webhooks/{mine['id']}", other_manager).status_code == 404
     assert ns.delete(f"/api/v1/webhooks/{mine['id']}", ns.MANAGER).status_code == 204
     assert ns.get(f"/api/v1/webhooks/{mine['id']}", ns.MANAGER).status_code == 404
+
+
+def test_outside_dev_mode_webhooks_reach_public_addresses_only(make_stack, receiver):
+    """With private targets off (the default outside dev mode) no webhook may name a loopback, private or
+    link-local address; and one that gets to such an address through a name (or was registered while they
+    were allowed) is refused when it connects: its delivery is dead at once, with the reason, and the
+    receiver on this machine hears nothing."""
+    s = make_stack(webhook_private_targets=False, **FAST)
+    for url, reason in ((receiver.url("/x"), "127.0.0.1 is a loopback address"),
+                        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+                        ("http://10.20.30.40/hook", "10.20.30.40 is a private or reserved address"),
+                        ("http://[::1]:8080/hook", "::1 is a loopback address"),
+                        ("http://localhost:8080/hook", "localhost is this machine")):
+        resp = s.post("/api/v1/webhooks", ADMIN, {"url": url, "events": ["*"], "secret": "x"})
+        assert resp.status_code == 422 and resp.mimetype == "application/problem+json", url
+        [error] = resp.get_json()["errors"]
+        assert error["field"] == "url" and reason in error["message"], error
+    public = s.post("/api/v1/webhooks", ADMIN, {"url": "https://hooks.example.org/labshare",
+                                                "events": ["lab.deleted"], "secret": "x"})
+    assert public.status_code == 201, public.get_json()
+    hook_id, stamp = str(uuid.uuid4()), dt.datetime.now(dt.UTC)
+    with s.runtimes["notify"].db.begin() as session:
+        session.add(Webhook(id=hook_id, url=receiver.url("/x").replace("127.0.0.1", "localhost"),
+                            events=["booking.confirmed"], secret="k", owner_sub=ADMIN[0], owner_is_admin=True,
+                            enabled=True, consecutive_failures=0, created_at=stamp, updated_at=stamp))
+    res = s.make_resource()
+    s.book("ada", res["id"], next_weekday(1, 9), next_weekday(1, 10))
+    [delivery] = wait_until(lambda: [d for d in s.get(f"/api/v1/webhooks/{hook_id}/deliveries", ADMIN)
+                                     .get_json()["items"] if d["status"] == "dead"], what="the refused delivery")
+    assert delivery["attempts"] == 1
+    assert delivery["log"][0]["error"] == ("refused: localhost resolves to 127.0.0.1, a loopback address "
+                                           "(webhooks go to public addresses only)")
+    assert receiver.at("/x") == []
 
 
 def test_lab_scoped_webhook_gets_only_its_labs_events(ns, receiver):

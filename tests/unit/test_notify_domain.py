@@ -8,6 +8,7 @@ import pytest
 
 from services.notify import domain
 from services.notify.domain import BookingFacts, Person, Seen, WebhookScope
+from shared.config import Settings
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
@@ -133,6 +134,52 @@ def test_event_patterns(patterns, type_, expected):
 )
 def test_webhook_urls(url, ok):
     assert (domain.url_problems(url) == []) is ok
+
+
+@pytest.mark.parametrize(
+    ("url", "refused_for"),
+    [
+        ("https://hooks.example.org/labshare", None),
+        ("https://8.8.8.8/hook", None),
+        ("https://[2001:4860:4860::8888]/hook", None),
+        ("http://127.0.0.1:9000/hook", "127.0.0.1 is a loopback address"),
+        ("http://127.8.9.10/hook", "127.8.9.10 is a loopback address"),
+        ("http://[::1]/hook", "::1 is a loopback address"),
+        ("http://[::ffff:127.0.0.1]/hook", "::ffff:127.0.0.1 is a loopback address"),
+        ("http://localhost:8080/hook", "localhost is this machine"),
+        ("http://API.Localhost./hook", "api.localhost is this machine"),
+        ("http://10.1.2.3/hook", "10.1.2.3 is a private or reserved address"),
+        ("http://172.16.0.9/hook", "172.16.0.9 is a private or reserved address"),
+        ("http://192.168.1.20/hook", "192.168.1.20 is a private or reserved address"),
+        ("http://[fd00::5]/hook", "fd00::5 is a private or reserved address"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("http://[fe80::1]/hook", "fe80::1 is a link-local address"),
+        ("http://100.64.0.1/hook", "100.64.0.1 is not a public address"),
+        ("http://0.0.0.0/hook", "0.0.0.0 is an unspecified address"),
+        ("http://239.1.2.3/hook", "239.1.2.3 is a multicast address"),
+    ],
+)
+def test_webhooks_may_be_kept_to_public_addresses(url, refused_for):
+    assert domain.url_problems(url, private_targets=True) == []
+    problems = domain.url_problems(url, private_targets=False)
+    if refused_for is None:
+        assert problems == []
+    else:
+        assert problems == [f"must point to a public address ({refused_for}; LABSHARE_WEBHOOK_PRIVATE_TARGETS=1 "
+                            "allows it)"]
+
+
+@pytest.mark.parametrize(
+    ("env", "allowed"),
+    [
+        ({}, False),
+        ({"LABSHARE_DEV_MODE": "1"}, True),
+        ({"LABSHARE_DEV_MODE": "1", "LABSHARE_WEBHOOK_PRIVATE_TARGETS": "0"}, False),
+        ({"LABSHARE_WEBHOOK_PRIVATE_TARGETS": "1"}, True),
+    ],
+)
+def test_private_webhook_targets_follow_dev_mode_unless_set(env, allowed):
+    assert Settings.from_env(env).private_webhook_targets is allowed
 
 
 def test_event_patterns_are_checked():
