@@ -68,6 +68,9 @@ class Settings:
     notify_interval: float = 1.0
     #: Timeout in seconds of one SMTP conversation or webhook call.
     delivery_timeout: float = 10.0
+    #: Days notify keeps a finished delivery (sent, dead or cancelled: the message, its recipient, its
+    #: log) after its last try; 0 keeps them for ever.
+    delivery_retention_days: float = 90.0
     #: Seconds between booking's passes over no-shows and expired waitlist entries.
     housekeeping_interval: float = 30.0
     #: Whether webhooks may be sent to loopback, private, link-local and other non-public addresses
@@ -112,6 +115,8 @@ class Settings:
             values["notify_interval"] = float(env["LABSHARE_NOTIFY_INTERVAL"])
         if env.get("LABSHARE_DELIVERY_TIMEOUT"):
             values["delivery_timeout"] = float(env["LABSHARE_DELIVERY_TIMEOUT"])
+        if env.get("LABSHARE_DELIVERY_RETENTION_DAYS"):
+            values["delivery_retention_days"] = float(env["LABSHARE_DELIVERY_RETENTION_DAYS"])
         if env.get("LABSHARE_HOUSEKEEPING_INTERVAL"):
             values["housekeeping_interval"] = float(env["LABSHARE_HOUSEKEEPING_INTERVAL"])
         if env.get("LABSHARE_WEBHOOK_PRIVATE_TARGETS"):

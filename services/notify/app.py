@@ -12,7 +12,7 @@ from services.notify.consumers import handlers
 from services.notify.handlers import status
 from services.notify.store import Base
 from services.notify.transports import HttpWebhookClient, MailTransport, WebhookClient, mail_transport
-from services.notify.workers import DeliveryWorker, ReminderScheduler
+from services.notify.workers import DeliveryRetention, DeliveryWorker, ReminderScheduler
 from shared.config import Settings
 from shared.service import Runtime, create_service_app
 
@@ -49,6 +49,7 @@ def build_runtime(
     rt.http = http or HttpWebhookClient(settings.delivery_timeout, settings.private_webhook_targets)
     rt.loops += [
         ReminderScheduler(rt).run,
+        DeliveryRetention(rt).run,
         DeliveryWorker(rt, "email").run,
         DeliveryWorker(rt, "webhook").run,
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import random
 import uuid
 from email import policy
@@ -28,6 +29,8 @@ from shared.auth import Principal
 from shared.calendar import booking_uid
 from shared.errors import Forbidden, InvalidState, NotFound, ValidationFailed
 from shared.timeutil import iso, now
+
+log = logging.getLogger("labshare.notify")
 
 if TYPE_CHECKING:
     from services.notify.app import NotifyRuntime
@@ -245,6 +248,27 @@ def claim_deliveries(rt: NotifyRuntime, channel: str, limit: int, lease: dt.time
             return []
     with rt.db.begin() as session:
         return store.claim_deliveries(session, channel, t, lease, token, limit)
+
+
+PURGE_BATCH = 500
+
+
+def purge_old_deliveries(rt: NotifyRuntime, at: dt.datetime | None = None, batch: int = PURGE_BATCH) -> int:
+    """Forget finished deliveries older than the retention (``LABSHARE_DELIVERY_RETENTION_DAYS``), a batch
+    per transaction; returns how many went."""
+    days = rt.settings.delivery_retention_days
+    if days <= 0:
+        return 0
+    before = (at or now()) - dt.timedelta(days=days)
+    total = 0
+    while True:
+        with rt.db.begin() as session:
+            purged = store.purge_deliveries(session, before, batch)
+        total += purged
+        if purged:
+            log.info("notify: purged %d deliveries finished before %s (%d so far)", purged, iso(before), total)
+        if purged < batch:
+            return total
 
 
 def idle_wait(rt: NotifyRuntime, channel: str) -> float:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    delete,
     exists,
     or_,
     select,
@@ -452,6 +453,23 @@ def attempts_of(session: Session, delivery_ids: list[str]) -> dict[str, list[Del
     for row in rows:
         out[row.delivery_id].append(row)
     return out
+
+
+FINISHED = ("sent", "dead", "cancelled")
+
+
+def purge_deliveries(session: Session, before: dt.datetime, limit: int) -> int:
+    """Delete up to ``limit`` finished deliveries made before ``before`` and not tried since, with their
+    attempts; returns how many."""
+    tried_since = exists().where(DeliveryAttempt.delivery_id == Delivery.id, DeliveryAttempt.started_at >= before)
+    ids = list(session.scalars(
+        select(Delivery.id).where(Delivery.status.in_(FINISHED), Delivery.created_at < before, ~tried_since)
+        .limit(limit)
+    ))
+    if ids:
+        session.execute(delete(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(ids)))
+        session.execute(delete(Delivery).where(Delivery.id.in_(ids)))
+    return len(ids)
 
 
 def cancel_pending(session: Session, webhook_id: str) -> None:

@@ -1,4 +1,5 @@
-"""Notify's background loops: the reminder scheduler and one delivery worker per channel.
+"""Notify's background loops: the reminder scheduler, the retention of old deliveries, and one
+delivery worker per channel.
 
 Any number of notify processes may run them side by side: reminders and
 deliveries are claimed in the database (``SKIP LOCKED`` on PostgreSQL, the
@@ -64,6 +65,23 @@ class ReminderScheduler:
             except Exception:
                 log.exception("reminders: could not queue due reminders; trying again")
             stop.wait(self.rt.settings.notify_interval)
+
+
+class DeliveryRetention:
+    """Forgets finished deliveries past the retention: at start, then every ``PURGE_EVERY`` seconds."""
+
+    PURGE_EVERY = 3600.0
+
+    def __init__(self, rt: NotifyRuntime) -> None:
+        self.rt = rt
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                handlers.purge_old_deliveries(self.rt)
+            except Exception:
+                log.exception("retention: could not purge old deliveries; trying again later")
+            stop.wait(self.PURGE_EVERY)
 
 
 class DeliveryWorker:

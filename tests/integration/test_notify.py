@@ -24,7 +24,7 @@ from services.booking.store import Booking
 from services.booking.workers import Housekeeping
 from services.notify import handlers
 from services.notify.app import build_runtime
-from services.notify.store import Webhook
+from services.notify.store import Delivery, DeliveryAttempt, Webhook
 from services.notify.workers import DeliveryWorker
 from shared.calendar import booking_uid
 from shared.config import Settings
@@ -238,6 +238,23 @@ def test_notifications_mine_lists_what_was_sent_to_the_caller(ns, smtp):
     assert item["id"] in [i["id"] for i in everything]
     assert ns.get(f"/api/v1/notifications/{item['id']}", "bob").status_code == 404
     assert ns.get(f"/api/v1/notifications/{item['id']}", "ada").get_json()["log"][0]["ok"] is True
+
+
+def test_a_sent_mail_is_forgotten_after_the_retention(ns, smtp):
+    res = ns.make_resource()
+    ns.book("ada", res["id"], next_weekday(1, 9), next_weekday(1, 10))
+    smtp.wait_for(ADA, 1)
+    [item] = wait_until(lambda: [i for i in ns.get("/api/v1/notifications?mine=true", "ada").get_json()["items"]
+                                 if i["status"] == "sent"], what="the sent invitation")
+    notify = ns.runtimes["notify"]
+    assert handlers.purge_old_deliveries(notify) == 0
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=notify.settings.delivery_retention_days + 1)
+    with notify.db.begin() as session:
+        session.execute(update(Delivery).where(Delivery.id == item["id"]).values(created_at=old))
+        session.execute(update(DeliveryAttempt).where(DeliveryAttempt.delivery_id == item["id"]).values(started_at=old))
+    assert handlers.purge_old_deliveries(notify) == 1
+    assert ns.get(f"/api/v1/notifications/{item['id']}", "ada").status_code == 404
+    assert ns.get("/api/v1/notifications?mine=true", "ada").get_json()["items"] == []
 
 
 def test_webhook_is_signed_and_a_500_is_retried_until_delivered_once(ns, receiver):

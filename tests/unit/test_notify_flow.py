@@ -18,7 +18,7 @@ from sqlalchemy import delete, select, update
 
 from services.notify import handlers
 from services.notify.app import build_runtime
-from services.notify.store import OUTBOX, Delivery, Reminder
+from services.notify.store import OUTBOX, Delivery, DeliveryAttempt, Reminder
 from services.notify.transports import MaildirTransport, Outcome, SmtpTransport, mail_transport
 from services.notify.workers import DeliveryWorker
 from shared.calendar import booking_uid
@@ -299,6 +299,39 @@ def test_the_same_event_twice_queues_one_mail(rt, fakes):
     assert rt.consumer.handle(event) is True  # replayed: the delivery key still holds
     deliver(rt)
     assert len(fakes[0].sent) == 1
+
+
+def test_finished_deliveries_are_forgotten_after_the_retention(rt, fakes):
+    from shared.errors import NotFound
+
+    for i in range(6):
+        send_event(rt, "booking.confirmed", snapshot(f"b{i}"))
+    deliver(rt)
+    assert len(fakes[0].sent) == 6
+    stamp = dt.datetime.now(UTC)
+    old, yesterday = stamp - dt.timedelta(days=91), stamp - dt.timedelta(days=1)
+    with rt.db.begin() as s:
+        rows = {d.booking_id: d for d in s.scalars(select(Delivery))}
+        ids = {b: d.id for b, d in rows.items()}
+        # b0 sent, b1 sent but tried again yesterday (a replay), b2 dead, b3 cancelled, b4 still pending:
+        # all made 91 days ago; b5 is recent.
+        for b, status in (("b0", "sent"), ("b1", "sent"), ("b2", "dead"), ("b3", "cancelled"), ("b4", "pending")):
+            rows[b].created_at, rows[b].status = old, status
+        s.execute(update(DeliveryAttempt).where(DeliveryAttempt.delivery_id != ids["b5"]).values(started_at=old))
+        s.execute(update(DeliveryAttempt).where(DeliveryAttempt.delivery_id == ids["b1"]).values(started_at=yesterday))
+    assert handlers.purge_old_deliveries(rt, batch=2) == 3  # two batches
+    with rt.db.read() as s:
+        assert {d.booking_id for d in s.scalars(select(Delivery))} == {"b1", "b4", "b5"}
+        assert set(s.scalars(select(DeliveryAttempt.delivery_id))) == {ids["b1"], ids["b4"], ids["b5"]}
+    with pytest.raises(NotFound):
+        handlers.get_notification(rt, _admin(), ids["b0"])
+    assert handlers.get_notification(rt, _admin(), ids["b1"])["status"] == "sent"
+    assert handlers.purge_old_deliveries(rt) == 0
+    # Kept for ever with a retention of 0; a retention of 0.5 days takes b1 too.
+    rt.settings = rt.settings.replace(delivery_retention_days=0)
+    assert handlers.purge_old_deliveries(rt, at=stamp + dt.timedelta(days=30)) == 0
+    rt.settings = rt.settings.replace(delivery_retention_days=0.5)
+    assert handlers.purge_old_deliveries(rt) == 1
 
 
 def test_sent_and_failed_are_announced_through_the_outbox(rt, fakes):
