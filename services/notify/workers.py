@@ -18,6 +18,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,16 @@ def _sleep(stop: threading.Event, wake: threading.Event, seconds: float) -> None
     wake.clear()
 
 
+def _every(stop: threading.Event, seconds: float, work: Callable[[], object], failure: str) -> None:
+    """Run ``work`` now and then every ``seconds`` until ``stop``; a failure is logged and tried again."""
+    while not stop.is_set():
+        try:
+            work()
+        except Exception:
+            log.exception(failure)
+        stop.wait(seconds)
+
+
 class ReminderScheduler:
     """Turns due reminders into e-mail deliveries, once each, however many notify workers run."""
 
@@ -59,12 +70,8 @@ class ReminderScheduler:
 
     def run(self, stop: threading.Event) -> None:
         """Every poll interval, until ``stop``."""
-        while not stop.is_set():
-            try:
-                handlers.queue_due_reminders(self.rt)
-            except Exception:
-                log.exception("reminders: could not queue due reminders; trying again")
-            stop.wait(self.rt.settings.notify_interval)
+        _every(stop, self.rt.settings.notify_interval, lambda: handlers.queue_due_reminders(self.rt),
+               "reminders: could not queue due reminders; trying again")
 
 
 class DeliveryRetention:
@@ -76,12 +83,8 @@ class DeliveryRetention:
         self.rt = rt
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                handlers.purge_old_deliveries(self.rt)
-            except Exception:
-                log.exception("retention: could not purge old deliveries; trying again later")
-            stop.wait(self.PURGE_EVERY)
+        _every(stop, self.PURGE_EVERY, lambda: handlers.purge_old_deliveries(self.rt),
+               "retention: could not purge old deliveries; trying again later")
 
 
 class DeliveryWorker:
