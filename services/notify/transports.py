@@ -189,11 +189,11 @@ class _PublicOnly:
 
 
 class _PublicHTTPConnection(_PublicOnly, HTTPConnection):
-    pass
+    """urllib3's plain HTTP connection, to public addresses only."""
 
 
 class _PublicHTTPSConnection(_PublicOnly, HTTPSConnection):
-    pass
+    """urllib3's TLS connection, to public addresses only (the certificate is still checked for the name)."""
 
 
 class _PublicHTTPPool(HTTPConnectionPool):
